@@ -1,0 +1,19 @@
+"""miregister: image registration on PyTorch driven by mutual information.
+
+Submodules
+----------
+mi            mutual-information estimators (soft/discrete bins, KDE, KNN)
+grid, image   physical-space grids and images (ITK/LPS, mm)
+io            reading and writing images and transforms
+transforms    linear, B-spline and velocity-field transforms (fixed -> moving)
+warp          resampling images through transforms
+registration  ``register(fixed, moving)`` and its result
+"""
+from __future__ import annotations
+
+from .grid import Grid
+from .image import Image
+
+__version__ = "0.1.0"
+
+__all__ = ["Grid", "Image", "__version__"]
