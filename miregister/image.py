@@ -106,11 +106,15 @@ class Image:
         """Convert to a ``SimpleITK.Image`` with the same geometry.
 
         A single-channel image gives scalar pixels, several channels give vector pixels, unless
-        ``channel`` picks one.
+        ``channel`` picks one. float16/bfloat16 voxels are written as float32, bool as uint8.
         """
         data = self.data.detach().cpu()
         if channel is not None:
             data = data[channel : channel + 1]
+        if data.dtype in (torch.float16, torch.bfloat16):
+            data = data.to(torch.float32)  # SimpleITK has no half-precision pixels
+        elif data.dtype == torch.bool:
+            data = data.to(torch.uint8)
         array = data.numpy()
         if array.shape[0] == 1:
             out = sitk.GetImageFromArray(array[0], isVector=False)
@@ -146,7 +150,12 @@ class Image:
         else:
             array = np.moveaxis(array, channel_axis, 0)
         size = tuple(reversed(array.shape[1:]))
-        grid = Grid(size, spacing or (), origin or (), direction if direction is not None else ())
+        grid = Grid(
+            size,
+            spacing if spacing is not None else (),
+            origin if origin is not None else (),
+            direction if direction is not None else (),
+        )
         return cls(torch.from_numpy(np.ascontiguousarray(array)).to(dtype), grid)
 
     def to_numpy(self) -> np.ndarray:

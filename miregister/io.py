@@ -1,0 +1,303 @@
+"""Reading, writing and validating images (SimpleITK underneath, geometry kept exactly).
+
+Supported on read: NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``, ``.mhd``), NRRD
+(``.nrrd``, ``.nhdr``), a folder holding a DICOM series, and 2D PNG/JPEG/TIFF/BMP (colour
+components become channels, or grey luminance on request); any other file SimpleITK can read
+is accepted too. Images come back as :class:`~miregister.image.Image` with size, spacing (mm),
+origin (mm) and direction in ITK/LPS conventions, exactly as SimpleITK reports them.
+
+Writing picks the format from the extension, creates missing parent folders and is atomic:
+the file is written in a temporary folder beside the target and moved into place with
+``os.replace``, so a failure never leaves a half-written output.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import Tensor
+
+from .image import Image
+
+__all__ = ["read_image", "write_image", "as_image", "check_image", "WRITE_EXTENSIONS"]
+
+PathLike = Union[str, os.PathLike]
+
+#: Extensions ``write_image`` accepts, and whether the format holds only 2D images.
+WRITE_EXTENSIONS: dict[str, bool] = {
+    ".nii": False,
+    ".nii.gz": False,
+    ".mha": False,
+    ".mhd": False,
+    ".nrrd": False,
+    ".nhdr": False,
+    ".tif": False,
+    ".tiff": False,
+    ".png": True,
+    ".jpg": True,
+    ".jpeg": True,
+    ".bmp": True,
+}
+
+# ITU-R BT.709 luma weights (as skimage.color.rgb2gray) for RGB -> grey.
+_LUMA = (0.2125, 0.7154, 0.0721)
+
+
+def _extension(path: PathLike) -> str:
+    """Lower-case extension, with ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+# ---------------------------------------------------------------------------------- reading
+def read_image(
+    path: PathLike,
+    dtype: torch.dtype = torch.float32,
+    grayscale: bool = False,
+    series_id: str | None = None,
+) -> Image:
+    """Read a 2D or 3D image file, or a DICOM series folder, into an :class:`Image`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        An image file, or a folder holding a DICOM series.
+    dtype : torch.dtype, optional
+        Dtype of the returned voxels (default float32); integer files are cast.
+    grayscale : bool, optional
+        Convert a colour image (3 or 4 components; alpha is dropped) to one channel of
+        luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709). By default each colour
+        component becomes a channel.
+    series_id : str, optional
+        For a DICOM folder, the Series Instance UID to read; the first series found otherwise.
+
+    Returns
+    -------
+    Image
+        Data ``(C, [Z,] Y, X)`` with the file's size, spacing (mm), origin (mm) and direction.
+        A 4D file whose 4th axis has length 1 is read as 3D.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be read (the reason is given), the folder holds no DICOM series or
+        not ``series_id``, or the image is not 2D or 3D.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image file or folder: '{path}'")
+    if path.is_dir():
+        image = _read_dicom_series(path, series_id)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise ValueError(f"cannot read image '{path}': {_sitk_reason(error)}") from error
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        # e.g. NIfTI volumes stored with a singleton time axis
+        image = sitk.Extract(image, list(image.GetSize()[:3]) + [0], [0, 0, 0, 0])
+    if image.GetDimension() not in (2, 3):
+        raise ValueError(
+            f"image '{path}' is {image.GetDimension()}D (size {image.GetSize()}): "
+            "only 2D and 3D images are supported"
+        )
+    out = Image.from_sitk(image, dtype=torch.float64 if grayscale else dtype)
+    if grayscale and out.channels in (3, 4):
+        weights = torch.tensor(_LUMA, dtype=torch.float64).view(3, *([1] * out.ndim))
+        out = out.with_data((out.data[:3] * weights).sum(dim=0, keepdim=True))
+    return out.to(dtype) if out.dtype != dtype else out
+
+
+def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
+    """Read one DICOM series of ``folder`` (the first found, or ``series_id``)."""
+    ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not ids:
+        raise ValueError(f"cannot read '{folder}': the folder holds no DICOM series")
+    if series_id is None:
+        series_id = ids[0]
+    elif series_id not in ids:
+        raise ValueError(f"DICOM folder '{folder}' has no series '{series_id}'; it has {ids}")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise ValueError(f"cannot read DICOM series '{series_id}' in '{folder}': {_sitk_reason(error)}") from error
+
+
+def _sitk_reason(error: Exception) -> str:
+    """The useful last line of a SimpleITK exception message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------- writing
+def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
+    """Write an :class:`Image` to a file, format chosen by the extension, atomically.
+
+    Parameters
+    ----------
+    image : Image
+        2D or 3D, one channel (scalar pixels) or several (vector pixels).
+    path : str or PathLike
+        Target file; one of the extensions in :data:`WRITE_EXTENSIONS`. Parent folders are
+        created. PNG/JPEG/BMP hold 2D images only and no geometry (spacing, origin, direction
+        are lost); JPEG is lossy.
+    dtype : torch.dtype, numpy dtype or str, optional
+        Pixel type written, e.g. ``torch.uint8`` or ``"int16"`` for label maps. Casting to an
+        integer type rounds to the nearest integer and clips to the type's range. By default
+        the voxels keep their dtype (float16/bfloat16 are written as float32, bool as uint8).
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        Before anything is written, for an unknown extension or a 3D image in a 2D-only
+        format; after a failed write (e.g. float pixels to PNG), with SimpleITK's reason. No
+        partial file is left behind in either case.
+    """
+    path = Path(path)
+    ext = _extension(path)
+    if ext not in WRITE_EXTENSIONS:
+        raise ValueError(
+            f"cannot write '{path}': unknown extension '{ext}'; use one of {sorted(WRITE_EXTENSIONS)}"
+        )
+    if WRITE_EXTENSIONS[ext] and image.ndim != 2:
+        raise ValueError(f"cannot write '{path}': {ext} holds 2D images only, this image is {image.ndim}D")
+    out = _to_sitk(image, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write under the final name in a private folder beside the target, so that formats with
+    # a separate data file (.mhd + .raw, .nhdr + .raw) reference the right name, then move.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        staged = tmp / path.name
+        try:
+            sitk.WriteImage(out, str(staged))
+        except RuntimeError as error:
+            raise ValueError(f"cannot write '{path}': {_sitk_reason(error)}") from error
+        # data files first, the header / main file last
+        for extra in sorted(p for p in tmp.iterdir() if p != staged):
+            os.replace(extra, path.parent / extra.name)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).numpy().dtype
+    return np.dtype(dtype)
+
+
+def _to_sitk(image: Image, dtype: Any = None) -> sitk.Image:
+    """SimpleITK copy of ``image`` with pixels cast to ``dtype`` (rounded and clipped for ints)."""
+    if dtype is None:
+        return image.to_sitk()
+    target = _numpy_dtype(dtype)
+    array = image.data.detach().cpu().to(torch.float64).numpy()
+    if np.issubdtype(target, np.integer):
+        info = np.iinfo(target)
+        array = np.clip(np.rint(array), info.min, info.max)
+    elif target == np.bool_:
+        target = np.dtype(np.uint8)
+        array = array != 0
+    return image.with_data(torch.from_numpy(np.ascontiguousarray(array.astype(target)))).to_sitk()
+
+
+# ---------------------------------------------------------------------------------- coercion
+def as_image(obj: Any, dtype: torch.dtype | None = None) -> Image:
+    """Turn any supported image-like input into an :class:`Image`.
+
+    Parameters
+    ----------
+    obj : str, PathLike, SimpleITK.Image, Image, ndarray or Tensor
+        A file or DICOM folder (read with :func:`read_image`), a SimpleITK image, an Image
+        (returned as is), or a 2D/3D array in ``([Z,] Y, X)`` order given identity geometry
+        (1 mm spacing, zero origin, identity direction).
+    dtype : torch.dtype, optional
+        Voxel dtype wanted. By default float32 for new images; Images keep theirs.
+
+    Raises
+    ------
+    TypeError
+        For any other type (the type is named).
+    """
+    if isinstance(obj, Image):
+        return obj if dtype is None or obj.dtype == dtype else obj.to(dtype)
+    dtype = torch.float32 if dtype is None else dtype
+    if isinstance(obj, (str, os.PathLike)):
+        return read_image(obj, dtype=dtype)
+    if isinstance(obj, sitk.Image):
+        if obj.GetDimension() not in (2, 3):
+            raise ValueError(f"only 2D and 3D images are supported, got a {obj.GetDimension()}D SimpleITK image")
+        return Image.from_sitk(obj, dtype=dtype)
+    if isinstance(obj, (np.ndarray, Tensor)):
+        array = obj.detach().cpu().numpy() if isinstance(obj, Tensor) else obj
+        if array.ndim not in (2, 3):
+            raise ValueError(f"an array image must be 2D or 3D ([Z,] Y, X), got shape {array.shape}")
+        return Image.from_numpy(array, dtype=dtype)
+    raise TypeError(
+        f"cannot make an image from a {type(obj).__module__}.{type(obj).__qualname__}; expected a path, "
+        "a SimpleITK.Image, a miregister Image or a numpy array"
+    )
+
+
+# ---------------------------------------------------------------------------------- checks
+def check_image(image: Image, name: str = "image", mask: Tensor | None = None) -> None:
+    """Refuse an image that registration cannot use.
+
+    Parameters
+    ----------
+    image : Image
+        The image to check.
+    name : str
+        How to call it in messages, e.g. ``"fixed image"``.
+    mask : Tensor, optional
+        Boolean ``(*shape)`` or ``(C, *shape)``: only these voxels need to vary.
+
+    Raises
+    ------
+    ValueError
+        If any voxel is NaN or infinite, or all (masked) voxels hold the same value (mutual
+        information is then zero whatever the transform).
+    """
+    data = image.data.detach()
+    if not data.is_floating_point():
+        data = data.to(torch.float64)
+    finite = torch.isfinite(data)
+    if not bool(finite.all()):
+        n_nan = int(torch.isnan(data).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        raise ValueError(
+            f"{name} has {n_nan} NaN and {n_inf} infinite voxels out of {data.numel()}; "
+            "replace them (e.g. with 0) before registering"
+        )
+    values = data
+    if mask is not None:
+        mask = mask.to(device=data.device, dtype=torch.bool)
+        values = data[mask.expand_as(data)] if mask.dim() == data.dim() - 1 else data[mask]
+        if values.numel() == 0:
+            raise ValueError(f"{name}: the mask selects no voxels")
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        where = " inside the mask" if mask is not None else ""
+        raise ValueError(
+            f"{name} is constant{where} (all voxels = {low}); mutual information needs intensity "
+            "variation"
+        )

@@ -1,0 +1,227 @@
+"""Options of a registration: every default in one visible place.
+
+The vocabulary follows SimpleITK's registration framework (shrink factors, smoothing sigmas in
+mm, sampling, metric bins), so users of ITK/ANTs/elastix recognise each knob.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["StageOptions", "RegistrationOptions", "LINEAR_STAGES", "DEFORMABLE_STAGES", "parse_stages"]
+
+LINEAR_STAGES = ("translation", "rigid", "similarity", "affine")
+DEFORMABLE_STAGES = ("bspline", "svf")
+
+
+@dataclass
+class StageOptions:
+    """How one stage (one transform model) is optimised.
+
+    Attributes
+    ----------
+    shrink_factors : tuple of int
+        Pyramid levels, coarse to fine: the level's spacing is the finest spacing times the
+        factor (axes that are already coarse are not shrunk further).
+    smoothing_sigmas : tuple of float
+        Gaussian smoothing per level, in mm (0 = none), applied to both images.
+    iterations : tuple of int
+        Maximum optimiser iterations per level.
+    samples : int
+        Fixed-image points sampled per level (random, seeded, jittered within voxels);
+        all voxels are used when the level has fewer. One sample set per level keeps the
+        objective deterministic, which L-BFGS needs.
+    control_spacing : float
+        B-spline control-point spacing (mm) at the finest level, or the SVF grid spacing.
+    regularization : float
+        Weight of the bending energy (bspline) or diffusion (svf) penalty added to -MI.
+    """
+
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
+    iterations: tuple[int, ...] = (100, 60, 30)
+    samples: int = 40_000
+    control_spacing: float = 16.0
+    regularization: float = 0.0
+
+    def validate(self, name: str) -> None:
+        """Raise ValueError if the per-level lists disagree or a value is out of range."""
+        n = len(self.shrink_factors)
+        if n == 0 or len(self.smoothing_sigmas) != n or len(self.iterations) != n:
+            raise ValueError(
+                f"stage {name!r}: shrink_factors {self.shrink_factors}, smoothing_sigmas "
+                f"{self.smoothing_sigmas} and iterations {self.iterations} must have the same non-zero length"
+            )
+        if any(f < 1 for f in self.shrink_factors):
+            raise ValueError(f"stage {name!r}: shrink factors must be >= 1, got {self.shrink_factors}")
+        if any(s < 0 for s in self.smoothing_sigmas):
+            raise ValueError(f"stage {name!r}: smoothing sigmas must be >= 0 mm, got {self.smoothing_sigmas}")
+        if any(i < 0 for i in self.iterations):
+            raise ValueError(f"stage {name!r}: iterations must be >= 0, got {self.iterations}")
+        if self.samples < 100:
+            raise ValueError(f"stage {name!r}: samples must be >= 100, got {self.samples}")
+        if self.control_spacing <= 0:
+            raise ValueError(f"stage {name!r}: control_spacing must be > 0 mm, got {self.control_spacing}")
+        if self.regularization < 0:
+            raise ValueError(f"stage {name!r}: regularization must be >= 0, got {self.regularization}")
+
+
+def default_stage_options(kind: str) -> StageOptions:
+    """Defaults per transform kind, tuned on 1-2 mm brain MR (see benchmarks/registration.py)."""
+    if kind in LINEAR_STAGES:
+        return StageOptions()
+    if kind == "bspline":
+        return StageOptions(
+            shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(60, 60, 40),
+            samples=200_000, control_spacing=12.0, regularization=0.05,
+        )
+    if kind == "svf":
+        return StageOptions(
+            shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(60, 60, 40),
+            samples=200_000, control_spacing=6.0, regularization=0.5,
+        )
+    raise ValueError(f"unknown transform {kind!r}; choose from {LINEAR_STAGES + DEFORMABLE_STAGES}")
+
+
+def parse_stages(transform: str) -> list[str]:
+    """Split ``"rigid+affine+bspline"`` into stages, checking names and order.
+
+    Raises
+    ------
+    ValueError
+        For an unknown stage name, an empty chain, or a linear stage after a deformable one.
+    """
+    stages = [s.strip().lower() for s in str(transform).split("+") if s.strip()]
+    if not stages:
+        raise ValueError(f"empty transform specification {transform!r}")
+    for s in stages:
+        if s not in LINEAR_STAGES + DEFORMABLE_STAGES:
+            raise ValueError(f"unknown transform {s!r} in {transform!r}; choose from {LINEAR_STAGES + DEFORMABLE_STAGES}")
+    deformable = [i for i, s in enumerate(stages) if s in DEFORMABLE_STAGES]
+    if len(deformable) > 1:
+        raise ValueError(f"at most one deformable stage is supported, got {transform!r}")
+    if deformable and deformable[0] != len(stages) - 1:
+        raise ValueError(f"the deformable stage must come last in {transform!r}")
+    return stages
+
+
+@dataclass
+class RegistrationOptions:
+    """Global options of :func:`miregister.register` (per-stage ones live in :class:`StageOptions`).
+
+    Attributes
+    ----------
+    bins : int
+        Histogram bins of the soft-binned (Parzen, cubic B-spline) MI metric.
+    initialization : str
+        ``"moments"`` (centres of intensity mass), ``"geometry"`` (centres of the grids) or
+        ``"none"`` (identity).
+    rotation_search : bool
+        Try a coarse set of initial rotations at the coarsest level and keep the best by MI;
+        for misalignments beyond ~30 degrees.
+    optimizer : str
+        ``"lbfgs"`` (deterministic objective per level, strong-Wolfe line search) or ``"adam"``.
+    seed : int
+        Seed for every random choice (sampling, jitter); same seed, same result.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` (CUDA when available).
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    validate : bool
+        Compute MI before/after with three estimators (soft bins, KDE, KNN) and NMI.
+    knn_samples : int
+        Voxels subsampled (seeded) for the KNN validation estimate.
+    verbose : bool
+        Show a progress bar per stage.
+    stages : dict
+        Per-stage :class:`StageOptions` overrides, keyed by stage name.
+    """
+
+    bins: int = 32
+    initialization: str = "moments"
+    rotation_search: bool = False
+    optimizer: str = "lbfgs"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    validate: bool = True
+    knn_samples: int = 20_000
+    verbose: bool = False
+    stages: dict[str, StageOptions] = field(default_factory=dict)
+
+    def validate_options(self) -> None:
+        """Raise ValueError naming the first option that is out of range."""
+        if self.bins < 4:
+            raise ValueError(f"bins must be >= 4, got {self.bins}")
+        if self.initialization not in ("moments", "geometry", "none"):
+            raise ValueError(f"initialization must be 'moments', 'geometry' or 'none', got {self.initialization!r}")
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.knn_samples < 100:
+            raise ValueError(f"knn_samples must be >= 100, got {self.knn_samples}")
+
+    def stage(self, kind: str) -> StageOptions:
+        """The options of stage ``kind``: its defaults updated by the user's overrides."""
+        options = self.stages.get(kind, default_stage_options(kind))
+        options.validate(kind)
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        """All options as plain JSON-ready values."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stages"}
+        return out
+
+
+def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
+    """Make :class:`RegistrationOptions` from keyword arguments of :func:`register`.
+
+    Global keywords set :class:`RegistrationOptions` fields. Stage keywords
+    (``shrink_factors``, ``smoothing_sigmas``, ``iterations``, ``samples``, ``control_spacing``,
+    ``regularization``) apply to every stage of the chain unless given as a dict keyed by stage
+    name, e.g. ``iterations={"affine": (200, 100, 50)}``.
+
+    Raises
+    ------
+    ValueError / TypeError
+        For an unknown keyword (naming it) or a value out of range.
+    """
+    global_names = {f.name for f in fields(RegistrationOptions)} - {"stages"}
+    stage_names = {f.name for f in fields(StageOptions)}
+    unknown = set(overrides) - global_names - stage_names
+    if unknown:
+        raise TypeError(
+            f"unknown registration option(s) {sorted(unknown)}; known: {sorted(global_names | stage_names)}"
+        )
+    options = RegistrationOptions(**{k: v for k, v in overrides.items() if k in global_names})
+    for kind in stages:
+        stage = default_stage_options(kind)
+        changes = {}
+        for name in stage_names & set(overrides):
+            value = overrides[name]
+            if isinstance(value, dict):
+                if kind not in value:
+                    continue
+                value = value[kind]
+            if name in ("shrink_factors", "iterations"):
+                value = tuple(int(v) for v in value)
+            elif name == "smoothing_sigmas":
+                value = tuple(float(v) for v in value)
+            changes[name] = value
+        stage = replace(stage, **changes)
+        n = len(stage.shrink_factors)
+        # Let users change the number of levels with shrink_factors alone.
+        if "smoothing_sigmas" not in changes and len(stage.smoothing_sigmas) != n:
+            stage = replace(stage, smoothing_sigmas=tuple(f / 2.0 if f > 1 else 0.0 for f in stage.shrink_factors))
+        if "iterations" not in changes and len(stage.iterations) != n:
+            stage = replace(stage, iterations=tuple([stage.iterations[0]] * n))
+        stage.validate(kind)
+        options.stages[kind] = stage
+    options.validate_options()
+    return options
+
+
+def stage_to_dict(stage: StageOptions) -> dict[str, Any]:
+    """A stage's options as JSON-ready values."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(stage).items()}

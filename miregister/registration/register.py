@@ -1,0 +1,339 @@
+"""``register(fixed, moving)``: the multi-stage, multi-resolution MI registration."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import mi
+from ..image import Image
+from ..io import as_image, check_image
+from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
+from ..warp import resample, sample
+from .initialization import initial_centers
+from .levels import Level, LevelCache
+from .optimize import LevelProblem, RegistrationError, optimize_level
+from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
+from .result import RegistrationResult
+from .sampling import sample_points
+from .validation import validate
+
+__all__ = ["register"]
+
+_LINEAR_CLASSES = {"translation": Translation, "rigid": Rigid, "similarity": Similarity, "affine": Affine}
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    transform: str = "affine",
+    *,
+    fixed_mask: Any = None,
+    moving_mask: Any = None,
+    initial_transform: SpatialTransform | None = None,
+    **options: Any,
+) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` by maximising mutual information.
+
+    The result's transform maps points of the fixed image's physical space (mm, LPS) to the
+    moving image's (the ITK convention), so ``result.warped`` = moving(T(x)) on the fixed grid.
+
+    Parameters
+    ----------
+    fixed, moving : str, PathLike, SimpleITK.Image or Image
+        The images (2D or 3D, the same dimension; any grids, spacings, modalities). A file
+        path or DICOM folder is read with :func:`miregister.io.read_image`. Multi-channel
+        images are averaged over channels.
+    transform : str
+        ``"translation"``, ``"rigid"``, ``"similarity"``, ``"affine"``, ``"bspline"``, ``"svf"``,
+        or a chain such as ``"rigid+affine+bspline"``: each stage starts from the previous
+        one; a deformable stage comes last and is composed after the linear ones
+        (``T(x) = A(x + u(x))``).
+    fixed_mask, moving_mask : image-like, optional
+        Non-zero where the metric may look, on the grid of the image they belong to.
+    initial_transform : SpatialTransform, optional
+        A linear fixed->moving transform to start from instead of the centre initialisation.
+    **options
+        Global options (:class:`~miregister.registration.options.RegistrationOptions`:
+        ``bins``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
+        ``dtype``, ``validate``, ``knn_samples``, ``verbose``) and per-stage options
+        (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
+        ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``control_spacing`` in mm,
+        ``regularization``), either one value for all stages or a dict keyed by stage.
+
+    Returns
+    -------
+    RegistrationResult
+        Transform, warped image, per-level metric history, timings, the options used and
+        validation (MI before/after by soft bins, KDE, KNN, and NMI).
+
+    Raises
+    ------
+    ValueError
+        For NaN/inf voxels, a constant image, an empty mask, images of different dimension,
+        masks on the wrong grid, unknown options; :class:`RegistrationError` (a ValueError)
+        when the images do not overlap or the metric diverges.
+    """
+    start = time.perf_counter()
+    stages = parse_stages(transform)
+    opts = build_options(stages, **options)
+    device = _device(opts.device)
+    dtype = torch.float64 if opts.dtype == "float64" else torch.float32
+
+    fixed_img = _single_channel(as_image(fixed), "fixed image")
+    moving_img = _single_channel(as_image(moving), "moving image")
+    if fixed_img.ndim != moving_img.ndim:
+        raise ValueError(
+            f"the fixed image is {fixed_img.ndim}D but the moving image is {moving_img.ndim}D; both must have the same dimension"
+        )
+    fixed_mask_img = _mask(fixed_mask, fixed_img, "fixed mask")
+    moving_mask_img = _mask(moving_mask, moving_img, "moving mask")
+    check_image(fixed_img, "fixed image", None if fixed_mask_img is None else fixed_mask_img.data[0] > 0)
+    check_image(moving_img, "moving image", None if moving_mask_img is None else moving_mask_img.data[0] > 0)
+
+    fixed_dev = fixed_img.to(device=device, dtype=dtype)
+    moving_dev = moving_img.to(device=device, dtype=dtype)
+    cache = LevelCache(
+        fixed_dev, moving_dev,
+        None if fixed_mask_img is None else fixed_mask_img.to(device=device, dtype=dtype),
+        None if moving_mask_img is None else moving_mask_img.to(device=device, dtype=dtype),
+    )
+
+    current = _initial_transform(initial_transform, fixed_img, moving_img, fixed_mask_img, moving_mask_img, opts, dtype, device)
+    history: list[dict[str, Any]] = []
+    timings: dict[str, float] = {"preparation": time.perf_counter() - start}
+    for index, kind in enumerate(stages):
+        stage_start = time.perf_counter()
+        stage = opts.stage(kind)
+        if kind in DEFORMABLE_STAGES:
+            current = _run_deformable(kind, current, stage, cache, opts, fixed_img, history, index)
+        else:
+            current = _LINEAR_CLASSES[kind].from_transform(current).to(device=device, dtype=dtype)
+            if opts.rotation_search and kind != "translation" and not any(
+                h["stage"] in ("rigid", "similarity", "affine") for h in history
+            ):
+                _rotation_search(current, cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0]), stage, opts)
+            _run_levels(kind, current, stage, cache, opts, history, index)
+        timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
+    current = current.eval()
+    for parameter in current.parameters():
+        parameter.requires_grad_(False)
+
+    warp_start = time.perf_counter()
+    warped = resample(moving_dev, current, fixed_dev.grid)
+    timings["warp"] = time.perf_counter() - warp_start
+    validation: dict[str, Any] = {}
+    if opts.validate:
+        validation_start = time.perf_counter()
+        validation = validate(fixed_dev, moving_dev, warped, current, fixed_mask_img, opts.bins, opts.knn_samples, opts.seed)
+        timings["validation"] = time.perf_counter() - validation_start
+    timings["total"] = time.perf_counter() - start
+    return RegistrationResult(
+        transform=current, warped=warped.to("cpu"), fixed=fixed_img, moving=moving_img,
+        stages=stages, options=opts, history=history, timings=timings, validation=validation,
+        device=str(device),
+    )
+
+
+# ------------------------------------------------------------------------------ inputs
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def _single_channel(image: Image, name: str) -> Image:
+    if image.channels == 1:
+        return image
+    return image.with_data(image.data.float().mean(dim=0, keepdim=True))
+
+
+def _mask(mask: Any, image: Image, name: str) -> Image | None:
+    if mask is None:
+        return None
+    mask_img = as_image(mask)
+    if mask_img.ndim != image.ndim:
+        raise ValueError(f"the {name} is {mask_img.ndim}D but its image is {image.ndim}D")
+    if not mask_img.grid.same_as(image.grid, tolerance=1e-3):
+        raise ValueError(
+            f"the {name} must lie on the grid of its image: mask size {mask_img.grid.size}, spacing "
+            f"{mask_img.grid.spacing}, origin {mask_img.grid.origin} vs image size {image.grid.size}, "
+            f"spacing {image.grid.spacing}, origin {image.grid.origin}"
+        )
+    binary = (mask_img.data[:1] != 0).to(torch.float32)
+    if not bool(binary.any()):
+        raise ValueError(f"the {name} is empty: it selects no voxel")
+    return mask_img.with_data(binary)
+
+
+def _initial_transform(
+    given: SpatialTransform | None,
+    fixed: Image,
+    moving: Image,
+    fixed_mask: Image | None,
+    moving_mask: Image | None,
+    opts: RegistrationOptions,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> SpatialTransform:
+    if given is not None:
+        if not given.is_linear:
+            raise ValueError("initial_transform must be a linear transform (translation, rigid, similarity or affine)")
+        if given.ndim != fixed.ndim:
+            raise ValueError(f"initial_transform is {given.ndim}D but the images are {fixed.ndim}D")
+        return Affine.from_transform(given).to(device=device, dtype=dtype)
+    center, translation = initial_centers(
+        fixed, moving, opts.initialization,
+        None if fixed_mask is None else fixed_mask.data[0], None if moving_mask is None else moving_mask.data[0],
+    )
+    out = Translation(fixed.ndim, center=center, dtype=dtype)
+    with torch.no_grad():
+        out.translation.copy_(torch.as_tensor(translation, dtype=dtype)[None])
+    return out.to(device)
+
+
+# ------------------------------------------------------------------------------ levels
+def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed: int) -> LevelProblem:
+    """Sample the fixed level image and gather what the metric needs."""
+    fixed, moving = level.fixed, level.moving
+    points = sample_points(
+        fixed.grid, stage.samples, mask=level.fixed_mask, seed=seed, device=fixed.device, dtype=fixed.dtype
+    )[None]
+    fixed_values, _ = sample(fixed.batch(), fixed.grid, points)
+    fixed_values = fixed_values[:, 0]
+    weights = torch.ones_like(fixed_values)
+    moving_mask = None if level.moving_mask is None else level.moving_mask.to(moving.dtype)[None, None]
+    centred = points[0] - points[0].mean(dim=0)
+    radius = float(centred.pow(2).sum(dim=1).mean().sqrt().clamp(min=1.0))
+
+    def value_range(image: Image, mask: torch.Tensor | None) -> torch.Tensor:
+        values = image.data[0] if mask is None else image.data[0][mask]
+        return torch.stack((values.min(), values.max()))[None]
+
+    return LevelProblem(
+        points=points, fixed_values=fixed_values, fixed_weights=weights,
+        moving=moving.batch(), moving_grid=moving.grid, moving_mask=moving_mask,
+        fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
+        bins=opts.bins, radius=radius,
+    )
+
+
+def _run_levels(
+    kind: str,
+    transform: SpatialTransform,
+    stage: StageOptions,
+    cache: LevelCache,
+    opts: RegistrationOptions,
+    history: list[dict[str, Any]],
+    stage_index: int,
+    penalty_factory=None,
+) -> None:
+    progress = _progress(opts, kind, sum(stage.iterations))
+    for level_index, (factor, sigma, iterations) in enumerate(
+        zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)
+    ):
+        level_start = time.perf_counter()
+        level = cache.get(factor, sigma)
+        problem = _problem(level, stage, opts, seed=opts.seed + 1000 * stage_index + level_index)
+        if penalty_factory is not None:
+            problem.penalty, problem.penalty_weight = penalty_factory(level), stage.regularization
+        with torch.no_grad():
+            initial, overlap = problem.metric(transform)
+        values = optimize_level(
+            transform, problem, iterations, opts.optimizer,
+            on_iteration=None if progress is None else (lambda v: progress.update(1)),
+        )
+        with torch.no_grad():
+            final, overlap = problem.metric(transform)
+        history.append({
+            "stage": kind, "level": level_index, "shrink_factor": factor, "smoothing_sigma_mm": sigma,
+            "grid_size": list(level.fixed.grid.size), "spacing_mm": list(level.fixed.grid.spacing),
+            "samples": int(problem.points.shape[1]), "evaluations": len(values),
+            "mi_start": float(initial[0]), "mi_end": float(final[0]), "overlap": float(overlap),
+            "objective": values, "seconds": time.perf_counter() - level_start,
+        })
+    if progress is not None:
+        progress.close()
+
+
+def _progress(opts: RegistrationOptions, kind: str, total: int):
+    if not opts.verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{kind:>11s}", unit="it", leave=True)
+
+
+def _rotation_candidates(ndim: int) -> list[np.ndarray]:
+    """Rotation parameters tried by the rotation search (radians)."""
+    if ndim == 2:
+        return [np.array([a]) for a in np.deg2rad(np.arange(-180, 180, 15))]
+    angles = np.deg2rad([-60.0, -30.0, 0.0, 30.0, 60.0])
+    from scipy.spatial.transform import Rotation
+
+    out = []
+    for ax in angles:
+        for ay in angles:
+            for az in angles:
+                out.append(Rotation.from_euler("xyz", [ax, ay, az]).as_rotvec())
+    return out
+
+
+@torch.no_grad()
+def _rotation_search(transform: SpatialTransform, level: Level, stage: StageOptions, opts: RegistrationOptions) -> None:
+    """Keep the initial rotation (about the centre) with the highest MI at the coarsest level."""
+    problem = _problem(level, stage, opts, seed=opts.seed + 777)
+    start = Rigid.from_transform(transform)
+    best_value, best_matrix = -math.inf, None
+    for rotation in _rotation_candidates(transform.ndim):
+        candidate = Rigid(transform.ndim, center=start.center.cpu(), dtype=start.translation.dtype).to(start.center.device)
+        candidate.rotation.copy_(torch.as_tensor(rotation, dtype=candidate.rotation.dtype)[None])
+        candidate.translation.copy_(start.translation)
+        value, overlap = problem.metric(candidate, check_overlap=False)
+        if float(overlap) > 0.5 and float(value[0]) > best_value:
+            best_value, best_matrix = float(value[0]), candidate.affine_matrix()
+    if best_matrix is not None:
+        best = type(transform).from_matrix(best_matrix, center=transform.center, dtype=transform.translation.dtype)
+        transform.load_state_dict(best.to(transform.center.device).state_dict())
+
+
+def _run_deformable(
+    kind: str,
+    linear: SpatialTransform,
+    stage: StageOptions,
+    cache: LevelCache,
+    opts: RegistrationOptions,
+    fixed: Image,
+    history: list[dict[str, Any]],
+    stage_index: int,
+) -> SpatialTransform:
+    """Optimise a B-spline or SVF deformation composed after the (frozen) linear transform."""
+    from ..regularizers import bending_energy, diffusion
+    from ..transforms import SVF, BSpline
+
+    for parameter in linear.parameters():
+        parameter.requires_grad_(False)
+    device = next(linear.buffers()).device
+    dtype = next(linear.buffers()).dtype
+    if kind == "bspline":
+        deformation = BSpline(fixed.grid, stage.control_spacing).to(device=device, dtype=dtype)
+    else:
+        field_grid = fixed.grid.with_spacing([max(s, stage.control_spacing) for s in fixed.grid.spacing])
+        deformation = SVF(field_grid).to(device=device, dtype=dtype)
+    composite = Composite([linear, deformation])
+    # The penalty is evaluated on a grid at about half the control spacing: dense enough to
+    # see the deformation's curvature, cheap at every level.
+    penalty_grid = fixed.grid.with_spacing([max(s, stage.control_spacing / 2) for s in fixed.grid.spacing])
+    energy = bending_energy if kind == "bspline" else diffusion
+
+    def penalty_factory(level: Level):
+        return lambda: energy(deformation.displacement_field(penalty_grid, dtype=dtype), penalty_grid).sum()
+
+    _run_levels(kind, composite, stage, cache, opts, history, stage_index, penalty_factory)
+    return composite
