@@ -35,6 +35,16 @@ def _as_float_tuple(values: Sequence[float], name: str) -> tuple[float, ...]:
         raise ValueError(f"{name} must be a sequence of numbers, got {values!r}") from error
 
 
+def _given(values: Sequence[float] | None) -> bool:
+    """False for None or an empty sequence (use the default); True otherwise, scalars included."""
+    if values is None:
+        return False
+    try:
+        return len(values) > 0
+    except TypeError:  # a scalar: let _as_float_tuple reject it with a clear message
+        return True
+
+
 @dataclass(frozen=True)
 class Grid:
     """A regular voxel grid placed in physical space (ITK conventions, mm, LPS).
@@ -44,7 +54,7 @@ class Grid:
     size : tuple of int
         Number of voxels per axis in ITK order ``(x, y[, z])``.
     spacing : tuple of float, optional
-        Voxel spacing in mm, ITK order. Defaults to 1 mm.
+        Voxel spacing in mm, ITK order. Defaults to 1 mm (also when empty or None).
     origin : tuple of float, optional
         Physical position (mm) of the centre of voxel ``(0, 0[, 0])``. Defaults to 0.
     direction : sequence of float, optional
@@ -71,9 +81,9 @@ class Grid:
             raise ValueError(f"a grid must have 2 or 3 spatial dimensions, got size {size}")
         if any(s < 1 for s in size):
             raise ValueError(f"grid size must be >= 1 along every axis, got {size}")
-        spacing = _as_float_tuple(self.spacing, "spacing") if len(self.spacing) else (1.0,) * ndim
-        origin = _as_float_tuple(self.origin, "origin") if len(self.origin) else (0.0,) * ndim
-        direction_in = np.asarray(self.direction, dtype=np.float64).ravel()
+        spacing = _as_float_tuple(self.spacing, "spacing") if _given(self.spacing) else (1.0,) * ndim
+        origin = _as_float_tuple(self.origin, "origin") if _given(self.origin) else (0.0,) * ndim
+        direction_in = np.asarray(self.direction if self.direction is not None else (), dtype=np.float64).ravel()
         direction = tuple(direction_in.tolist()) if direction_in.size else tuple(np.eye(ndim).ravel().tolist())
         if len(spacing) != ndim or len(origin) != ndim or len(direction) != ndim * ndim:
             raise ValueError(

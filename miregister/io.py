@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -73,9 +73,9 @@ def read_image(
     dtype : torch.dtype, optional
         Dtype of the returned voxels (default float32); integer files are cast.
     grayscale : bool, optional
-        Convert a colour image (3 or 4 components; alpha is dropped) to one channel of
-        luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709). By default each colour
-        component becomes a channel.
+        Convert a colour image (RGB or RGBA; alpha is dropped) to one channel of luminance
+        ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709, as ``skimage.color.rgb2gray``);
+        grey + alpha keeps the grey. By default each component becomes a channel.
     series_id : str, optional
         For a DICOM folder, the Series Instance UID to read; the first series found otherwise.
 
@@ -115,6 +115,8 @@ def read_image(
     if grayscale and out.channels in (3, 4):
         weights = torch.tensor(_LUMA, dtype=torch.float64).view(3, *([1] * out.ndim))
         out = out.with_data((out.data[:3] * weights).sum(dim=0, keepdim=True))
+    elif grayscale and out.channels == 2:  # grey + alpha
+        out = out.with_data(out.data[:1])
     return out.to(dtype) if out.dtype != dtype else out
 
 
@@ -154,8 +156,9 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
         Target file; one of the extensions in :data:`WRITE_EXTENSIONS`. Parent folders are
         created. PNG/JPEG/BMP hold 2D images only and no geometry (spacing, origin, direction
         are lost); JPEG is lossy.
-    dtype : torch.dtype, numpy dtype or str, optional
-        Pixel type written, e.g. ``torch.uint8`` or ``"int16"`` for label maps. Casting to an
+    dtype : torch.dtype, numpy dtype, str or SimpleITK pixel ID, optional
+        Pixel type written, e.g. ``torch.uint8``, ``"int16"`` or ``sitk.sitkUInt16`` for label
+        maps (a vector pixel ID means its component type). Casting to an
         integer type rounds to the nearest integer and clips to the type's range. By default
         the voxels keep their dtype (float16/bfloat16 are written as float32, bool as uint8).
 
@@ -199,10 +202,26 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
     return path
 
 
+# SimpleITK scalar and vector pixel IDs -> numpy (component) dtype.
+_SITK_PIXEL_DTYPES = {
+    getattr(sitk, f"sitk{prefix}{name}"): np.dtype(name.lower())
+    for name in ("UInt8", "Int8", "UInt16", "Int16", "UInt32", "Int32", "UInt64", "Int64", "Float32", "Float64")
+    for prefix in ("", "Vector")
+}
+
+
 def _numpy_dtype(dtype: Any) -> np.dtype:
+    """numpy dtype of a torch dtype, numpy dtype / name, or SimpleITK pixel ID (e.g. sitk.sitkUInt8)."""
     if isinstance(dtype, torch.dtype):
         return torch.empty((), dtype=dtype).numpy().dtype
-    return np.dtype(dtype)
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+        if int(dtype) not in _SITK_PIXEL_DTYPES:
+            raise ValueError(f"unsupported SimpleITK pixel type {sitk.GetPixelIDValueAsString(int(dtype))!r}")
+        return np.dtype(_SITK_PIXEL_DTYPES[int(dtype)])
+    try:
+        return np.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(f"unknown pixel dtype {dtype!r}") from error
 
 
 def _to_sitk(image: Image, dtype: Any = None) -> sitk.Image:
@@ -210,6 +229,8 @@ def _to_sitk(image: Image, dtype: Any = None) -> sitk.Image:
     if dtype is None:
         return image.to_sitk()
     target = _numpy_dtype(dtype)
+    if target.kind not in "biuf":
+        raise ValueError(f"cannot write pixels of dtype {target}; use an integer or float type")
     array = image.data.detach().cpu().to(torch.float64).numpy()
     if np.issubdtype(target, np.integer):
         info = np.iinfo(target)

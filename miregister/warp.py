@@ -11,7 +11,8 @@ Conventions
   affine map mm -> normalised coordinates built from the moving :class:`~miregister.grid.Grid`
   (spacing, origin and direction included).
 * A point is *inside* the moving image when its continuous index lies within
-  ``[-margin, size - 1 + margin]`` along every axis (plus a 1e-3 voxel tolerance for round-off).
+  ``[-m, size - 1 + m]`` along every axis, ``m = max(margin, 1e-3)`` (the 1e-3 voxel slack
+  absorbs round-off of points on the outermost voxel centres).
   ``margin=0`` (default of :func:`sample` and :func:`warp`) is the hull of the voxel centres,
   where interpolation needs no made-up values. ``margin=0.5`` is ITK/SimpleITK's rule (used by
   :func:`resample`): points up to half a voxel beyond the outer centres take the border value.
@@ -26,6 +27,7 @@ and ``sitk.sitkBSpline``), computed here with mirror boundaries.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Literal
 
@@ -57,13 +59,19 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'linear', 'nearest' or 'bspline', got {mode!r}")
 
 
+@functools.lru_cache(maxsize=64)
+def _physical_to_normalized(grid: Grid) -> Tensor:
+    """Cached float64 mm -> normalised matrix of ``grid`` (Grid is frozen and hashable); read-only."""
+    return grid.physical_to_normalized_matrix()
+
+
 def _normalized_bounds(grid: Grid, margin: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Per-axis ``(lo, hi)`` limits, in normalised coordinates, of the inside region.
 
     Uses the same index <-> normalised map as :meth:`Grid.normalized_to_index_matrix`
     (``index = (n + 1) * half`` with ``half = max(size - 1, 1) / 2``).
     """
-    slack = margin + INSIDE_TOLERANCE
+    slack = max(margin, INSIDE_TOLERANCE)  # a positive margin is an exact rule (ITK's), no extra slack
     half = torch.tensor([max(s - 1, 1) / 2.0 for s in grid.size], dtype=torch.float64)
     size = torch.tensor(grid.size, dtype=torch.float64)
     lo = -slack / half - 1.0
@@ -255,7 +263,7 @@ def sample(
     inside : Tensor
         ``(B, ...)`` bool, True where the point fell inside the moving image.
     """
-    matrix = moving_grid.physical_to_normalized_matrix()
+    matrix = _physical_to_normalized(moving_grid)
     work_dtype = points.dtype if points.is_floating_point() else torch.float32
     coords = apply_affine(matrix, points.to(work_dtype))  # one fused affine: mm -> [-1, 1]
     return _sample_normalized(moving, moving_grid, coords, mode, padding_value, margin, prefiltered)
@@ -264,7 +272,8 @@ def sample(
 def _affine_grid_to_physical(grid: Grid) -> Tensor:
     """Homogeneous float64 map from ``F.affine_grid`` coordinates (align_corners=True) to mm.
 
-    ``affine_grid`` puts a size-1 axis at coordinate 0 (not -1), so that axis maps to index 0.
+    ``affine_grid`` puts a size-1 axis at coordinate 0 (not -1), so that axis maps to index 0
+    (:func:`warp` avoids ``affine_grid`` for such grids anyway, as it warns about them).
     """
     d = grid.ndim
     m = torch.eye(d + 1, dtype=torch.float64)
@@ -329,9 +338,13 @@ def warp(
             theta = theta.to(torch.promote_types(theta.dtype, torch.float64))
         to_normalized = moving_grid.physical_to_normalized_matrix().to(theta.dtype).to(device)
         from_output = _affine_grid_to_physical(fixed_grid).to(theta.dtype).to(device)
-        theta = to_normalized @ theta @ from_output  # (B, D+1, D+1), float64 fold then cast
-        b = theta.shape[0]
-        coords = F.affine_grid(theta[:, :d, :].to(work_dtype), [b, 1, *fixed_grid.shape], align_corners=True)
+        if 1 in fixed_grid.size:  # affine_grid warns on (and special-cases) unit-size axes
+            points = fixed_grid.points(dtype=torch.float64, device=device)
+            coords = apply_affine(to_normalized @ theta, points.unsqueeze(0).expand(theta.shape[0], *points.shape))
+            coords = coords.to(work_dtype)
+        else:
+            theta = to_normalized @ theta @ from_output  # (B, D+1, D+1), folded in float64 then cast
+            coords = F.affine_grid(theta[:, :d, :].to(work_dtype), [theta.shape[0], 1, *fixed_grid.shape], align_corners=True)
     else:
         points = fixed_grid.points(dtype=work_dtype, device=device)
         points = points.unsqueeze(0).expand(transform.batch_size, *points.shape)

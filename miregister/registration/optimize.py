@@ -165,7 +165,7 @@ def optimize_level(
             if not torch.isfinite(loss):
                 raise RegistrationError("the metric became NaN or infinite during optimisation")
             loss.backward()
-            history.append(-float(loss))
+            history.append(-float(loss.detach()))
             if on_iteration is not None:
                 on_iteration(history[-1])
             return loss

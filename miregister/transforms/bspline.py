@@ -58,7 +58,7 @@ def cubic_bspline_weights(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _as_spacing(control_spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
-    if isinstance(control_spacing, (int, float)):
+    if np.ndim(control_spacing) == 0:  # also numpy / torch scalars
         spacing = (float(control_spacing),) * ndim
     else:
         spacing = tuple(float(s) for s in control_spacing)

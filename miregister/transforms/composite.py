@@ -62,9 +62,9 @@ class Composite(SpatialTransform):
     def forward(self, points: Tensor) -> Tensor:
         """Map points ``(B, ..., D)`` (fixed, mm) to moving space (mm), last member first."""
         for t in reversed(self.transforms):
-            if t.batch_size == 1 and points.shape[0] > 1 and self.batch_size > 1:
-                # a shared (B = 1) stage applied to every pair
-                points = torch.cat([t(p.unsqueeze(0)) for p in points], dim=0)
+            if t.batch_size == 1 and points.shape[0] > 1:
+                # a shared (B = 1) stage is one function for every pair: fold the batch into the points
+                points = t(points.reshape(1, -1, self.ndim)).reshape(points.shape)
             else:
                 if points.shape[0] == 1 and t.batch_size > 1:
                     points = points.expand(t.batch_size, *points.shape[1:])

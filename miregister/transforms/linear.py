@@ -48,6 +48,24 @@ def _skew(rotvec: Tensor) -> Tensor:
     return torch.stack(rows, -2)
 
 
+def _rodrigues(rotvec: Tensor) -> Tensor:
+    """``exp([v]_x) = I + a K + b K^2`` with ``a = sin(t)/t``, ``b = (1 - cos t)/t^2``, ``t = |v|``.
+
+    Written out rather than ``torch.linalg.matrix_exp``, which loses ~40 ulp in float32; ``b``
+    uses ``2 sin^2(t/2)`` (no cancellation) and tiny angles use Taylor series, so values and
+    gradients are finite and accurate at ``v = 0``.
+    """
+    k = _skew(rotvec)
+    theta2 = (rotvec * rotvec).sum(-1)[:, None, None]
+    small = theta2 < 1e-6
+    theta = torch.sqrt(torch.where(small, torch.ones_like(theta2), theta2))  # never sqrt(0): finite gradients
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    half = theta / 2.0
+    b = torch.where(small, 0.5 - theta2 / 24.0, 0.5 * (torch.sin(half) / half) ** 2)
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
+    return eye + a * k + b * (k @ k)
+
+
 def rotation_matrix(rotation: Tensor) -> Tensor:
     """Rotation matrices from rotation parameters.
 
@@ -61,14 +79,14 @@ def rotation_matrix(rotation: Tensor) -> Tensor:
     -------
     Tensor
         ``(B, D, D)`` proper rotation matrices, differentiable in ``rotation``. In 3D this is
-        ``matrix_exp`` of the skew matrix (Rodrigues' formula), smooth at zero and free of
-        gimbal lock.
+        the exponential of the skew matrix ``exp([v]_x)`` (Rodrigues' formula), smooth at zero
+        and free of gimbal lock.
     """
     if rotation.shape[-1] == 1:
         cos, sin = torch.cos(rotation[:, 0]), torch.sin(rotation[:, 0])
         return torch.stack((torch.stack((cos, -sin), -1), torch.stack((sin, cos), -1)), -2)
     if rotation.shape[-1] == 3:
-        return torch.linalg.matrix_exp(_skew(rotation))
+        return _rodrigues(rotation)
     raise ValueError(f"rotation parameters must have 1 (2D) or 3 (3D) values, got shape {tuple(rotation.shape)}")
 
 
@@ -108,7 +126,7 @@ def _batched(value: ArrayLike, batch_size: int, shape: tuple[int, ...], name: st
         array = np.broadcast_to(array, (batch_size, *shape))
     if array.shape != (batch_size, *shape):
         raise ValueError(f"{name} must have shape {shape} or {(batch_size, *shape)}, got {array.shape}")
-    return np.ascontiguousarray(array)
+    return np.array(array, dtype=np.float64, copy=True)  # writable, owns its memory
 
 
 def _homogeneous(matrix: ArrayLike, ndim: int | None = None) -> np.ndarray:

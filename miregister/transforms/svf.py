@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -93,7 +94,7 @@ def gaussian_smooth(field: Tensor, grid: Grid, sigma: float | Sequence[float]) -
     Kernels are truncated at 3 sigma and renormalised at the borders (edge-replicating padding).
     """
     ndim = grid.ndim
-    sigmas = (float(sigma),) * ndim if isinstance(sigma, (int, float)) else tuple(float(s) for s in sigma)
+    sigmas = (float(sigma),) * ndim if np.ndim(sigma) == 0 else tuple(float(s) for s in sigma)
     out = field
     for k in range(ndim):
         s = sigmas[k] / grid.spacing[k]  # voxels along ITK axis k
@@ -168,14 +169,15 @@ class SVF(SpatialTransform):
         if control_spacing is None:
             self.velocity_grid = grid
         else:
-            spacing = (float(control_spacing),) * grid.ndim if isinstance(control_spacing, (int, float)) else control_spacing
+            scalar = np.ndim(control_spacing) == 0
+            spacing = (float(control_spacing),) * grid.ndim if scalar else tuple(float(s) for s in control_spacing)
             self.velocity_grid = grid.with_spacing(spacing)
         self.velocity = nn.Parameter(torch.zeros(batch_size, grid.ndim, *self.velocity_grid.shape, dtype=dtype))
 
     def dense_velocity(self) -> Tensor:
         """Velocity on :attr:`grid`, after smoothing: ``(B, D, *grid.shape)`` in mm."""
         velocity = self.velocity
-        if (self.smoothing if isinstance(self.smoothing, (int, float)) else max(self.smoothing)) > 0:
+        if float(np.max(self.smoothing)) > 0:
             velocity = gaussian_smooth(velocity, self.velocity_grid, self.smoothing)
         if self.velocity_grid is not self.grid and not self.velocity_grid.same_as(self.grid):
             points = self.grid.points(velocity.dtype, velocity.device)[None]

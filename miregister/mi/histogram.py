@@ -1,0 +1,282 @@
+"""Joint histograms of two sample sets: soft (Parzen window) and discrete.
+
+Both return weighted counts of shape (B, bins, bins), indexed ``[b, x_bin, y_bin]``
+(``numpy.histogram2d``'s convention), whose sum per batch element is the total sample weight.
+
+Bins
+----
+Bin ``j`` of a range ``(lo, hi)`` covers ``[lo + j*w, lo + (j+1)*w)`` with ``w = (hi - lo) / bins``
+and is centred on ``lo + (j + 1/2) * w``; the last bin is closed. Samples outside the range are
+clamped onto it (they count in the edge bins), so a fixed range never drops samples.
+
+Memory and cost
+---------------
+The soft histogram never builds an (N, bins, bins) or (N, bins) tensor: each sample touches
+S x S bins (S = 4 for the cubic B-spline), scattered in chunks of samples, and its backward
+pass recomputes the taps and gathers the S x S gradient entries. Memory beyond the inputs is
+O(chunk * S^2) for temporaries plus O(N) saved for backward (the bin coordinates).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .kernels import kernel_taps
+from .ranges import compute_range
+
+__all__ = [
+    "bin_coordinates",
+    "parzen_joint_histogram",
+    "soft_joint_histogram",
+    "discrete_joint_histogram",
+    "resolve_range",
+]
+
+#: Samples per chunk in the Parzen scatter/gather (bounds temporaries to ~ 16 * chunk elements).
+_CHUNK = 1 << 17
+
+
+def resolve_range(
+    x: Tensor,
+    weights: Optional[Tensor],
+    value_range: Optional[Tensor],
+    percentile: float = 0.0,
+    gain: float = 0.0,
+) -> Tensor:
+    """The (B, 2) range to bin ``x`` with: ``value_range`` if given, else computed from ``x``."""
+    if value_range is not None:
+        return value_range.to(x.dtype).expand(x.shape[0], 2)
+    return compute_range(x, weights, percentile=percentile, gain=gain)
+
+
+def bin_coordinates(x: Tensor, value_range: Tensor, bins: int) -> Tensor:
+    """Continuous bin coordinate of each sample: bin ``j`` is centred on ``t = j``.
+
+    Parameters
+    ----------
+    x : Tensor
+        Samples (B, N).
+    value_range : Tensor
+        (B, 2) ranges ``(lo, hi)``.
+    bins : int
+        Number of bins.
+
+    Returns
+    -------
+    Tensor
+        (B, N) coordinates ``(x - lo) / w - 1/2`` clamped to ``[-1/2, bins - 1/2]``. A row whose
+        range is empty (constant data) gets a unit bin width, so all its samples share a bin.
+    """
+    lo, hi = value_range[:, :1], value_range[:, 1:]
+    span = hi - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    t = (x - lo) * (bins / span) - 0.5
+    return t.clamp(-0.5, bins - 0.5)
+
+
+class _AxisTaps(NamedTuple):
+    start: Tensor  # (B, n) int64, first tap's index in the padded histogram, in [0, bins]
+    weights: Tensor  # (B, n, S)
+    derivatives: Tensor  # (B, n, S)
+
+
+def _axis_taps(t: Tensor, kernel: str) -> tuple[_AxisTaps, int]:
+    """Tap weights of one axis and the shift from padded to true bin indices.
+
+    ``t`` lies in ``[-1/2, bins - 1/2]`` so ``floor(t)`` is in ``[-1, bins - 1]``; shifting the
+    first tap by ``1 - min(offsets)`` puts it in ``[0, bins]``, and all taps in a padded axis of
+    ``bins + S`` cells.
+    """
+    taps = kernel_taps(t, kernel)
+    shift = 1 - taps.offsets[0]
+    start = taps.base + (taps.offsets[0] + shift)
+    return _AxisTaps(start, taps.weights, taps.derivatives), shift
+
+
+def _fold_map(bins: int, taps: int, shift: int, device: torch.device) -> Tensor:
+    """Padded cell -> true bin: taps beyond the edges fold onto the edge bins."""
+    return (torch.arange(bins + taps, device=device) - shift).clamp_(0, bins - 1)
+
+
+def _cell_index(sx: Tensor, sy: Tensor, bins: int) -> Tensor:
+    """Flat index of each sample's S x S block start, over all batch elements: (B * n,)."""
+    cells = (bins + 1) * (bins + 1)
+    offset = torch.arange(sx.shape[0], device=sx.device).unsqueeze(1) * cells
+    return (offset + sx * (bins + 1) + sy).reshape(-1)
+
+
+class _ParzenJointHistogram(torch.autograd.Function):
+    """Parzen joint histogram of bin coordinates with an analytic, memory-light backward.
+
+    Each sample adds its S x S block of kernel products to a table indexed by the block's
+    start cell (one row of S*S values per sample, accumulated with ``index_add_``); the table
+    is then summed into the padded histogram by S*S shifted slices and folded at the edges.
+    The backward pass reads each sample's S x S block of the (replicate-padded) incoming
+    gradient with one row gather.
+    """
+
+    @staticmethod
+    def forward(ctx, tx: Tensor, ty: Tensor, w: Optional[Tensor], bins: int, kernel: str) -> Tensor:  # type: ignore[override]
+        batch, n = tx.shape
+        table = None
+        for start in range(0, n, _CHUNK):
+            sl = slice(start, start + _CHUNK)
+            ax, shift = _axis_taps(tx[:, sl], kernel)
+            ay, _ = _axis_taps(ty[:, sl], kernel)
+            s = ax.weights.shape[-1]
+            if table is None:
+                table = torch.zeros(batch * (bins + 1) ** 2, s * s, dtype=tx.dtype, device=tx.device)
+            wx = ax.weights if w is None else ax.weights * w[:, sl, None]
+            vals = (wx.unsqueeze(-1) * ay.weights.unsqueeze(-2)).reshape(-1, s * s)
+            table.index_add_(0, _cell_index(ax.start, ay.start, bins), vals)
+        assert table is not None
+        table = table.view(batch, bins + 1, bins + 1, s, s)
+        padded = torch.zeros(batch, bins + s, bins + s, dtype=tx.dtype, device=tx.device)
+        for a in range(s):
+            for b in range(s):
+                padded[:, a : a + bins + 1, b : b + bins + 1] += table[..., a, b]
+        fold = _fold_map(bins, s, shift, tx.device)
+        hist = torch.zeros(batch, bins, bins + s, dtype=tx.dtype, device=tx.device).index_add_(1, fold, padded)
+        hist = torch.zeros(batch, bins, bins, dtype=tx.dtype, device=tx.device).index_add_(2, fold, hist)
+        ctx.save_for_backward(tx, ty, w)
+        ctx.bins, ctx.kernel = bins, kernel
+        return hist
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hist: Tensor):  # type: ignore[override]
+        tx, ty, w = ctx.saved_tensors
+        bins, kernel = ctx.bins, ctx.kernel
+        need_t = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_w = w is not None and ctx.needs_input_grad[2]
+        gtx = torch.zeros_like(tx) if need_t else None
+        gty = torch.zeros_like(ty) if need_t else None
+        gw = torch.zeros_like(w) if need_w else None
+        batch, n = tx.shape
+        blocks = None
+        for start in range(0, n, _CHUNK):
+            sl = slice(start, start + _CHUNK)
+            ax, shift = _axis_taps(tx[:, sl], kernel)
+            ay, _ = _axis_taps(ty[:, sl], kernel)
+            s = ax.weights.shape[-1]
+            if blocks is None:
+                # blocks[b, i, j] = the S x S gradient block starting at padded cell (i, j).
+                fold = _fold_map(bins, s, shift, tx.device)
+                padded = grad_hist.to(tx.dtype)[:, fold][:, :, fold]
+                blocks = padded.unfold(1, s, 1).unfold(2, s, 1).reshape(-1, s * s)
+            g = blocks.index_select(0, _cell_index(ax.start, ay.start, bins)).view(*ax.weights.shape, s)
+            gy = (g * ay.weights.unsqueeze(-2)).sum(-1)  # contracted over the y taps: (B, n, S)
+            if need_t:
+                gx = (g * ax.weights.unsqueeze(-1)).sum(-2)  # contracted over the x taps
+                dx = (gy * ax.derivatives).sum(-1)
+                dy = (gx * ay.derivatives).sum(-1)
+                if w is not None:
+                    dx = dx * w[:, sl]
+                    dy = dy * w[:, sl]
+                gtx[:, sl] = dx
+                gty[:, sl] = dy
+            if need_w:
+                gw[:, sl] = (gy * ax.weights).sum(-1)
+        return gtx, gty, gw, None, None
+
+
+def parzen_joint_histogram(
+    tx: Tensor, ty: Tensor, bins: int, *, weights: Optional[Tensor] = None, kernel: str = "bspline"
+) -> Tensor:
+    """Parzen joint histogram from bin coordinates (see :func:`bin_coordinates`).
+
+    Parameters
+    ----------
+    tx, ty : Tensor
+        (B, N) bin coordinates in ``[-1/2, bins - 1/2]``.
+    bins : int
+        Bins per axis.
+    weights : Tensor, optional
+        (B, N) non-negative sample weights (differentiable).
+    kernel : str
+        ``"bspline"`` (default) or ``"gaussian"``, see :mod:`miregister.mi.kernels`.
+
+    Returns
+    -------
+    Tensor
+        (B, bins, bins) weighted soft counts, ``[b, x_bin, y_bin]``; kernel taps beyond the
+        edge bins are folded onto them, so each sample contributes exactly its weight.
+    """
+    return _ParzenJointHistogram.apply(tx, ty, weights, bins, kernel)
+
+
+def soft_joint_histogram(
+    x: Tensor,
+    y: Tensor,
+    *,
+    bins: int,
+    weights: Optional[Tensor] = None,
+    kernel: str = "bspline",
+    x_range: Optional[Tensor] = None,
+    y_range: Optional[Tensor] = None,
+    percentile: float = 0.0,
+    gain: float = 0.0,
+) -> Tensor:
+    """Parzen-window joint histogram of samples (B, N), differentiable in x, y and weights.
+
+    Ranges default to each row's (min, max) over its included samples (or the
+    ``percentile``/``gain`` rule); they are then differentiable functions of the samples too,
+    which makes the histogram invariant to shifting and (positively) scaling the inputs.
+
+    Returns
+    -------
+    Tensor
+        (B, bins, bins) weighted soft counts, ``[b, x_bin, y_bin]``.
+    """
+    rx = resolve_range(x, weights, x_range, percentile, gain)
+    ry = resolve_range(y, weights, y_range, percentile, gain)
+    return parzen_joint_histogram(
+        bin_coordinates(x, rx, bins), bin_coordinates(y, ry, bins), bins, weights=weights, kernel=kernel
+    )
+
+
+def _discrete_bin(x: Tensor, value_range: Tensor, bins: int) -> Tensor:
+    """Bin index of each sample: ``searchsorted`` on the edges, so each sample lands in one bin.
+
+    Edges are ``linspace(lo, hi, bins + 1)``; bin ``j`` is ``[e_j, e_{j+1})`` and the last bin
+    also holds ``hi``. Values outside the range are clamped into the edge bins.
+    """
+    lo, hi = value_range[:, :1], value_range[:, 1:]
+    steps = torch.arange(bins + 1, device=x.device, dtype=x.dtype) / bins
+    edges = (lo + (hi - lo) * steps).contiguous()  # (B, bins + 1)
+    edges[:, -1:] = hi  # exact last edge, as numpy.linspace
+    idx = torch.searchsorted(edges, x.contiguous(), right=True) - 1
+    return idx.clamp_(0, bins - 1)
+
+
+def discrete_joint_histogram(
+    x: Tensor,
+    y: Tensor,
+    *,
+    bins: int,
+    weights: Optional[Tensor] = None,
+    x_range: Optional[Tensor] = None,
+    y_range: Optional[Tensor] = None,
+    percentile: float = 0.0,
+    gain: float = 0.0,
+) -> Tensor:
+    """Discrete (hard-binned) joint histogram: each included sample is counted exactly once.
+
+    Not differentiable (its gradient is zero almost everywhere); use
+    :func:`soft_joint_histogram` to optimise.
+
+    Returns
+    -------
+    Tensor
+        (B, bins, bins) weighted counts, ``[b, x_bin, y_bin]``, in x's floating dtype.
+    """
+    with torch.no_grad():
+        rx = resolve_range(x, weights, x_range, percentile, gain)
+        ry = resolve_range(y, weights, y_range, percentile, gain)
+        flat = _discrete_bin(x, rx, bins) * bins + _discrete_bin(y, ry, bins)
+        vals = torch.ones_like(x) if weights is None else weights.to(x.dtype)
+        hist = torch.zeros(x.shape[0], bins * bins, dtype=x.dtype, device=x.device)
+        hist.scatter_add_(1, flat, vals)
+    return hist.view(x.shape[0], bins, bins)
