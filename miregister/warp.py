@@ -217,8 +217,8 @@ def _sample_normalized(
         )
     values = values.reshape(b, c, *out_shape)
     values = torch.where(inside.unsqueeze(1), values, torch.as_tensor(padding_value, dtype=values.dtype, device=values.device))
-    if mode == "nearest" and not in_dtype.is_floating_point:
-        values = values.round().to(in_dtype)
+    if not in_dtype.is_floating_point:  # labels stay labels; interpolated integers become float32
+        values = values.round().to(in_dtype) if mode == "nearest" else values.to(torch.float32)
     return values, inside
 
 
@@ -258,7 +258,8 @@ def sample(
     Returns
     -------
     values : Tensor
-        ``(B, C, ...)`` sampled intensities, floating unless nearest-sampled integers.
+        ``(B, C, ...)`` sampled intensities: integer images keep their dtype with ``"nearest"``
+        and become float32 otherwise; float images keep their dtype.
         Differentiable with respect to ``points`` (and ``moving``).
     inside : Tensor
         ``(B, ...)`` bool, True where the point fell inside the moving image.
@@ -349,7 +350,7 @@ def warp(
         points = fixed_grid.points(dtype=work_dtype, device=device)
         points = points.unsqueeze(0).expand(transform.batch_size, *points.shape)
         mapped = transform(points)
-        coords = apply_affine(moving_grid.physical_to_normalized_matrix(), mapped)
+        coords = apply_affine(_physical_to_normalized(moving_grid), mapped)
     values, inside = _sample_normalized(moving, moving_grid, coords, mode, padding_value, margin)
     return (values, inside) if return_inside else values
 

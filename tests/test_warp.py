@@ -223,8 +223,8 @@ class WarpModule(torch.nn.Module):
 @pytest.mark.parametrize("wrap", [False, True], ids=["fast-affine-path", "pointwise-path"])
 def test_gradients_flow_to_transform_parameters_through_warp(wrap):
     rng = np.random.default_rng(10)
-    moving = smooth_image(rng, oblique_grid(rng, (7, 6, 5)))
-    fixed_grid = oblique_grid(rng, (4, 4, 3), center=moving.grid.center())
+    moving = smooth_image(rng, oblique_grid(rng, (6, 5, 4)))
+    fixed_grid = oblique_grid(rng, (3, 3, 2), center=moving.grid.center())
     rigid = Rigid(3, center=moving.grid.center(), dtype=torch.float64)
     with torch.no_grad():
         rigid.rotation.copy_(torch.tensor(rng.normal(size=(1, 3)) * 0.2))
@@ -237,7 +237,7 @@ def test_gradients_flow_to_transform_parameters_through_warp(wrap):
     def loss(*values):
         return (weights * torch.func.functional_call(module, dict(zip(names, values)), ())).sum()
 
-    assert torch.autograd.gradcheck(loss, inputs)
+    assert torch.autograd.gradcheck(loss, inputs, fast_mode=True)  # random projections: same check, fewer passes
     # gradients reach the real parameters through a plain backward pass too
     loss_value = (weights * module()).sum()
     loss_value.backward()
@@ -249,6 +249,9 @@ def test_sample_is_differentiable_in_points(mode):
     rng = np.random.default_rng(11)
     grid = oblique_grid(rng, (6, 5, 4))
     moving = torch.tensor(rng.normal(size=(1, 2, *grid.shape)))
-    index = rng.uniform(0.2, np.array(grid.size) - 1.2, size=(8, 3))  # inside, off the voxel planes
+    index = rng.uniform(0.2, np.array(grid.size) - 1.2, size=(5, 3))  # inside, off the voxel planes
     points = torch.tensor(grid.index_to_physical_np(index))[None].requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: sample(moving, grid, p, mode=mode)[0], (points,))
+    prefiltered = mode == "bspline"
+    if prefiltered:  # the prefilter does not depend on the points: compute it once
+        moving = bspline_prefilter(moving)
+    assert torch.autograd.gradcheck(lambda p: sample(moving, grid, p, mode=mode, prefiltered=prefiltered)[0], (points,))

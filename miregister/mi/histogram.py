@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Samples per chunk in the Parzen scatter/gather (bounds temporaries to ~ 16 * chunk elements).
-_CHUNK = 1 << 17
+_CHUNK = 1 << 16
 
 
 def resolve_range(
@@ -78,20 +78,21 @@ def bin_coordinates(x: Tensor, value_range: Tensor, bins: int) -> Tensor:
 
 class _AxisTaps(NamedTuple):
     start: Tensor  # (B, n) int64, first tap's index in the padded histogram, in [0, bins]
-    weights: Tensor  # (B, n, S)
-    derivatives: Tensor  # (B, n, S)
+    weights: Tensor  # (S, B, n)
+    derivatives: Tensor  # (S, B, n)
 
 
-def _axis_taps(t: Tensor, kernel: str) -> tuple[_AxisTaps, int]:
+def _axis_taps(t: Tensor, kernel: str, bins: int) -> tuple[_AxisTaps, int]:
     """Tap weights of one axis and the shift from padded to true bin indices.
 
     ``t`` lies in ``[-1/2, bins - 1/2]`` so ``floor(t)`` is in ``[-1, bins - 1]``; shifting the
     first tap by ``1 - min(offsets)`` puts it in ``[0, bins]``, and all taps in a padded axis of
-    ``bins + S`` cells.
+    ``bins + S`` cells. The clamp only matters for NaN coordinates (unvalidated input), which
+    must give a NaN result rather than an out-of-bounds index.
     """
     taps = kernel_taps(t, kernel)
     shift = 1 - taps.offsets[0]
-    start = taps.base + (taps.offsets[0] + shift)
+    start = (taps.base + (taps.offsets[0] + shift)).clamp_(0, bins)
     return _AxisTaps(start, taps.weights, taps.derivatives), shift
 
 
@@ -110,33 +111,37 @@ def _cell_index(sx: Tensor, sy: Tensor, bins: int) -> Tensor:
 class _ParzenJointHistogram(torch.autograd.Function):
     """Parzen joint histogram of bin coordinates with an analytic, memory-light backward.
 
-    Each sample adds its S x S block of kernel products to a table indexed by the block's
-    start cell (one row of S*S values per sample, accumulated with ``index_add_``); the table
-    is then summed into the padded histogram by S*S shifted slices and folded at the edges.
-    The backward pass reads each sample's S x S block of the (replicate-padded) incoming
-    gradient with one row gather.
+    Each sample has one S x S block of kernel products, starting at cell ``(sx, sy)`` of the
+    padded histogram. The forward pass accumulates the blocks in a table ``(S*S, B*(bins+1)^2)``
+    indexed by block start (one ``scatter_add_`` whose index is shared by the S*S rows), then
+    sums the table into the padded histogram with S*S shifted slices and folds the padding
+    onto the edge bins. The backward pass builds the same table from the incoming gradient
+    and reads every sample's block with one ``index_select``. Work is chunked over samples so
+    that temporaries stay in cache and memory stays O(chunk * S^2).
     """
 
     @staticmethod
     def forward(ctx, tx: Tensor, ty: Tensor, w: Optional[Tensor], bins: int, kernel: str) -> Tensor:  # type: ignore[override]
         batch, n = tx.shape
         table = None
+        s = shift = 0
         for start in range(0, n, _CHUNK):
             sl = slice(start, start + _CHUNK)
-            ax, shift = _axis_taps(tx[:, sl], kernel)
-            ay, _ = _axis_taps(ty[:, sl], kernel)
-            s = ax.weights.shape[-1]
+            ax, shift = _axis_taps(tx[:, sl], kernel, bins)
+            ay, _ = _axis_taps(ty[:, sl], kernel, bins)
+            s = ax.weights.shape[0]
             if table is None:
-                table = torch.zeros(batch * (bins + 1) ** 2, s * s, dtype=tx.dtype, device=tx.device)
-            wx = ax.weights if w is None else ax.weights * w[:, sl, None]
-            vals = (wx.unsqueeze(-1) * ay.weights.unsqueeze(-2)).reshape(-1, s * s)
-            table.index_add_(0, _cell_index(ax.start, ay.start, bins), vals)
+                table = torch.zeros(s * s, batch * (bins + 1) ** 2, dtype=tx.dtype, device=tx.device)
+            wx = ax.weights if w is None else ax.weights * w[:, sl]
+            vals = (wx.unsqueeze(1) * ay.weights.unsqueeze(0)).reshape(s * s, -1)
+            index = _cell_index(ax.start, ay.start, bins)
+            table.scatter_add_(1, index.expand(s * s, -1), vals)
         assert table is not None
-        table = table.view(batch, bins + 1, bins + 1, s, s)
+        table = table.view(s, s, batch, bins + 1, bins + 1)
         padded = torch.zeros(batch, bins + s, bins + s, dtype=tx.dtype, device=tx.device)
         for a in range(s):
             for b in range(s):
-                padded[:, a : a + bins + 1, b : b + bins + 1] += table[..., a, b]
+                padded[:, a : a + bins + 1, b : b + bins + 1] += table[a, b]
         fold = _fold_map(bins, s, shift, tx.device)
         hist = torch.zeros(batch, bins, bins + s, dtype=tx.dtype, device=tx.device).index_add_(1, fold, padded)
         hist = torch.zeros(batch, bins, bins, dtype=tx.dtype, device=tx.device).index_add_(2, fold, hist)
@@ -158,27 +163,30 @@ class _ParzenJointHistogram(torch.autograd.Function):
         blocks = None
         for start in range(0, n, _CHUNK):
             sl = slice(start, start + _CHUNK)
-            ax, shift = _axis_taps(tx[:, sl], kernel)
-            ay, _ = _axis_taps(ty[:, sl], kernel)
-            s = ax.weights.shape[-1]
+            ax, shift = _axis_taps(tx[:, sl], kernel, bins)
+            ay, _ = _axis_taps(ty[:, sl], kernel, bins)
+            s = ax.weights.shape[0]
             if blocks is None:
-                # blocks[b, i, j] = the S x S gradient block starting at padded cell (i, j).
+                # blocks[a, b, (batch, i, j)] = gradient at padded cell (i + a, j + b).
                 fold = _fold_map(bins, s, shift, tx.device)
                 padded = grad_hist.to(tx.dtype)[:, fold][:, :, fold]
-                blocks = padded.unfold(1, s, 1).unfold(2, s, 1).reshape(-1, s * s)
-            g = blocks.index_select(0, _cell_index(ax.start, ay.start, bins)).view(*ax.weights.shape, s)
-            gy = (g * ay.weights.unsqueeze(-2)).sum(-1)  # contracted over the y taps: (B, n, S)
+                blocks = torch.stack(
+                    [padded[:, a : a + bins + 1, b : b + bins + 1] for a in range(s) for b in range(s)]
+                ).reshape(s * s, -1)
+            index = _cell_index(ax.start, ay.start, bins)
+            g = blocks.index_select(1, index).view(s, s, *ax.start.shape)  # (S, S, B, n)
+            gy = (g * ay.weights.unsqueeze(0)).sum(1)  # contracted over the y taps: (S, B, n)
             if need_t:
-                gx = (g * ax.weights.unsqueeze(-1)).sum(-2)  # contracted over the x taps
-                dx = (gy * ax.derivatives).sum(-1)
-                dy = (gx * ay.derivatives).sum(-1)
+                gx = (g * ax.weights.unsqueeze(1)).sum(0)  # contracted over the x taps
+                dx = (gy * ax.derivatives).sum(0)
+                dy = (gx * ay.derivatives).sum(0)
                 if w is not None:
                     dx = dx * w[:, sl]
                     dy = dy * w[:, sl]
                 gtx[:, sl] = dx
                 gty[:, sl] = dy
             if need_w:
-                gw[:, sl] = (gy * ax.weights).sum(-1)
+                gw[:, sl] = (gy * ax.weights).sum(0)
         return gtx, gty, gw, None, None
 
 

@@ -36,9 +36,10 @@ class Taps(NamedTuple):
     base : Tensor
         ``floor(t)`` as int64, shape (...).
     weights : Tensor
-        (..., S) kernel weights, summing to 1 over the last axis.
+        (S, ...) kernel weights, summing to 1 over the first axis (tap-major, so that sums
+        over taps add contiguous vectors).
     derivatives : Tensor
-        (..., S) derivatives of the weights with respect to ``t`` (per bin).
+        (S, ...) derivatives of the weights with respect to ``t`` (per bin).
     offsets : tuple of int
         The S tap offsets relative to ``base``.
     """
@@ -55,12 +56,16 @@ def bspline_taps(t: Tensor) -> Taps:
     f = t - base
     g = 1 - f
     f2 = f * f
-    f3 = f2 * f
-    weights = torch.stack(
-        [g * g * g / 6, (3 * f3 - 6 * f2 + 4) / 6, (-3 * f3 + 3 * f2 + 3 * f + 1) / 6, f3 / 6], dim=-1
-    )
-    derivatives = torch.stack([-0.5 * g * g, 1.5 * f2 - 2 * f, -1.5 * f2 + f + 0.5, 0.5 * f2], dim=-1)
-    return Taps(base.long(), weights, derivatives, (-1, 0, 1, 2))
+    g2 = g * g
+    w0 = g2 * g / 6
+    w3 = f2 * f / 6
+    w1 = 3 * w3 - f2 + 2 / 3  # (3 f^3 - 6 f^2 + 4) / 6
+    w2 = 1 - w0 - w1 - w3  # partition of unity
+    d0 = -0.5 * g2
+    d3 = 0.5 * f2
+    d1 = 3 * d3 - 2 * f  # 1.5 f^2 - 2 f
+    d2 = -(d0 + d1 + d3)  # derivatives sum to zero
+    return Taps(base.long(), torch.stack([w0, w1, w2, w3]), torch.stack([d0, d1, d2, d3]), (-1, 0, 1, 2))
 
 
 def gaussian_taps(t: Tensor, sd: float = GAUSSIAN_SD) -> Taps:
@@ -68,13 +73,13 @@ def gaussian_taps(t: Tensor, sd: float = GAUSSIAN_SD) -> Taps:
     base = t.floor()
     f = t - base
     offsets = (-2, -1, 0, 1, 2, 3)
-    u = f.unsqueeze(-1) - torch.tensor(offsets, dtype=t.dtype, device=t.device)  # t - bin
+    shape = (len(offsets),) + (1,) * t.dim()
+    u = f - torch.tensor(offsets, dtype=t.dtype, device=t.device).view(shape)  # t - bin: (S, ...)
     g = torch.exp(-0.5 * (u / sd) ** 2)
     dg = -u / (sd * sd) * g
-    total = g.sum(dim=-1, keepdim=True)
-    dtotal = dg.sum(dim=-1, keepdim=True)
+    total = g.sum(dim=0)
     weights = g / total
-    derivatives = (dg - weights * dtotal) / total  # quotient rule
+    derivatives = (dg - weights * dg.sum(dim=0)) / total  # quotient rule
     return Taps(base.long(), weights, derivatives, offsets)
 
 

@@ -113,6 +113,9 @@ class RegistrationOptions:
     ----------
     bins : int
         Histogram bins of the soft-binned (Parzen, cubic B-spline) MI metric.
+    sampling_region : str
+        ``"foreground"`` (default): sample the fixed image's object (Otsu threshold) dilated by
+        10 mm, unless a fixed mask is given; ``"all"``: every voxel (as ITK does).
     initialization : str
         ``"moments"`` (centres of intensity mass), ``"geometry"`` (centres of the grids) or
         ``"none"`` (identity).
@@ -138,6 +141,7 @@ class RegistrationOptions:
     """
 
     bins: int = 32
+    sampling_region: str = "foreground"
     initialization: str = "moments"
     rotation_search: bool = False
     optimizer: str = "lbfgs"
@@ -155,6 +159,8 @@ class RegistrationOptions:
             raise ValueError(f"bins must be >= 4, got {self.bins}")
         if self.initialization not in ("moments", "geometry", "none"):
             raise ValueError(f"initialization must be 'moments', 'geometry' or 'none', got {self.initialization!r}")
+        if self.sampling_region not in ("foreground", "all"):
+            raise ValueError(f"sampling_region must be 'foreground' or 'all', got {self.sampling_region!r}")
         if self.optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
         if self.dtype not in ("float32", "float64"):

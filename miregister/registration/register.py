@@ -13,6 +13,7 @@ from ..image import Image
 from ..io import as_image, check_image
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
 from ..warp import resample, sample
+from .foreground import foreground_mask
 from .initialization import initial_centers
 from .levels import Level, LevelCache
 from .optimize import LevelProblem, RegistrationError, optimize_level
@@ -94,11 +95,15 @@ def register(
     check_image(fixed_img, "fixed image", None if fixed_mask_img is None else fixed_mask_img.data[0] > 0)
     check_image(moving_img, "moving image", None if moving_mask_img is None else moving_mask_img.data[0] > 0)
 
+    sampling_mask = fixed_mask_img
+    if sampling_mask is None and opts.sampling_region == "foreground":
+        sampling_mask = fixed_img.with_data(foreground_mask(fixed_img)[None].to(torch.float32))
+
     fixed_dev = fixed_img.to(device=device, dtype=dtype)
     moving_dev = moving_img.to(device=device, dtype=dtype)
     cache = LevelCache(
         fixed_dev, moving_dev,
-        None if fixed_mask_img is None else fixed_mask_img.to(device=device, dtype=dtype),
+        None if sampling_mask is None else sampling_mask.to(device=device, dtype=dtype),
         None if moving_mask_img is None else moving_mask_img.to(device=device, dtype=dtype),
     )
 
@@ -203,7 +208,7 @@ def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed:
     """Sample the fixed level image and gather what the metric needs."""
     fixed, moving = level.fixed, level.moving
     points = sample_points(
-        fixed.grid, stage.samples, mask=level.fixed_mask, seed=seed, device=fixed.device, dtype=fixed.dtype
+        fixed.grid, stage.samples, mask=level.fixed_mask, seed=seed, jitter=False, device=fixed.device, dtype=fixed.dtype
     )[None]
     fixed_values, _ = sample(fixed.batch(), fixed.grid, points)
     fixed_values = fixed_values[:, 0]

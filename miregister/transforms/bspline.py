@@ -27,10 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..grid import Grid
+from ..grid import Grid, apply_affine
 from .base import SpatialTransform
 
 __all__ = ["BSpline", "bspline_lattice", "cubic_bspline_weights"]
+
+#: Points evaluated at once by :meth:`BSpline.forward` (bounds its temporaries).
+_CHUNK = 1 << 18
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -211,6 +214,9 @@ class BSpline(SpatialTransform):
         """Number of control cells per axis over the transform domain (ITK ``MeshSize``)."""
         return tuple(n - 3 for n in self.lattice.size)
 
+    def extra_repr(self) -> str:
+        return f"ndim={self.ndim}, batch_size={self.batch_size}, control_spacing={self.control_spacing}, mesh_size={self.mesh_size}"
+
     # ------------------------------------------------------------------ evaluation
     def forward(self, points: Tensor) -> Tensor:
         """Map points ``(B, ..., D)`` in fixed space (mm) to moving space (mm).
@@ -226,35 +232,44 @@ class BSpline(SpatialTransform):
         return (flat + self._displacement_at(flat)).reshape(batch, *lead, self.ndim)
 
     def _displacement_at(self, points: Tensor) -> Tensor:
-        """Displacement ``(B, P, D)`` in mm at points ``(B, P, D)`` in mm."""
-        coefficients = self.coefficients.expand(points.shape[0], *self.coefficients.shape[1:])
-        coefficients = coefficients.to(points.dtype)
-        index = self.lattice.physical_to_index(points)  # (B, P, D) continuous, x-first
-        sizes = torch.tensor(self.lattice.size, dtype=points.dtype, device=points.device)
-        inside = ((index >= 1.0) & (index <= sizes - 2.0)).all(dim=-1)
-        cell = torch.minimum(torch.floor(index).clamp(min=1.0), sizes - 3.0).detach()
-        t = (index - cell).clamp(0.0, 1.0)
-        w0, w1, w2, w3 = cubic_bspline_weights(t)
-        # per axis: two linear lookups replace four cubic terms
-        gain = (w0 + w1, w2 + w3)
-        where = (cell - 1.0 + w1 / gain[0], cell + 1.0 + w3 / gain[1])
-        scale = 2.0 / (sizes - 1.0)  # index -> grid_sample coordinates, align_corners=True
-        spatial_ones = (1,) * (self.ndim - 1)
-        total = points.new_zeros(points.shape[0], self.ndim, points.shape[1])
-        for corner in range(2**self.ndim):
-            bits = [(corner >> k) & 1 for k in range(self.ndim)]
-            position = torch.stack([where[b][..., k] for k, b in enumerate(bits)], dim=-1)
-            weight = torch.stack([gain[b][..., k] for k, b in enumerate(bits)], dim=-1).prod(dim=-1)
-            normalized = position * scale - 1.0
+        """Displacement ``(B, P, D)`` in mm at points ``(B, P, D)`` in mm (in chunks of points)."""
+        coefficients = self.coefficients.expand(points.shape[0], *self.coefficients.shape[1:]).to(points.dtype)
+        to_index = self.lattice.physical_to_index_matrix()
+        # chunks keep the temporaries cache-sized; autograd still sees one graph per chunk
+        pieces = [self._chunk(coefficients, to_index, chunk) for chunk in points.split(_CHUNK, dim=1)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def _chunk(self, coefficients: Tensor, to_index: Tensor, points: Tensor) -> Tensor:
+        batch, count, ndim = points.shape
+        # continuous lattice index, one contiguous (B, P) tensor per axis (x-first)
+        index = apply_affine(to_index, points).movedim(-1, 0).contiguous()
+        sizes = torch.tensor(self.lattice.size, dtype=points.dtype, device=points.device).view(ndim, 1, 1)
+        inside = ((index >= 1.0) & (index <= sizes - 2.0)).all(dim=0)
+        cell = torch.minimum(torch.floor(index.detach()).clamp(min=1.0), sizes - 3.0)
+        w0, w1, w2, w3 = cubic_bspline_weights((index - cell).clamp(0.0, 1.0))
+        # per axis, two linear lookups replace the four cubic terms
+        low = w0 + w1
+        high = 1.0 - low
+        scale = 2.0 / (sizes - 1.0)  # index -> grid_sample coordinates (align_corners=True)
+        where = ((cell - 1.0 + w1 / low) * scale - 1.0, (cell + 1.0 + w3 / high) * scale - 1.0)
+        gain = (low, high)
+        total = None
+        for corner in range(2**ndim):
+            bits = [(corner >> k) & 1 for k in range(ndim)]
+            position = torch.stack([where[b][k] for k, b in enumerate(bits)], dim=-1)
+            weight = gain[bits[0]][0]
+            for k in range(1, ndim):
+                weight = weight * gain[bits[k]][k]
             sampled = F.grid_sample(
                 coefficients,
-                normalized.reshape(points.shape[0], points.shape[1], *spatial_ones, self.ndim),
+                position.view(batch, count, *(1,) * (ndim - 1), ndim),
                 mode="bilinear",
                 padding_mode="border",
                 align_corners=True,
-            ).reshape(points.shape[0], self.ndim, points.shape[1])
-            total = total + sampled * weight[:, None, :]
-        return (total * inside[:, None, :].to(total.dtype)).transpose(1, 2)
+            ).view(batch, ndim, count)
+            term = sampled * weight.unsqueeze(1)
+            total = term if total is None else total + term
+        return (total * inside.unsqueeze(1).to(total.dtype)).transpose(1, 2)
 
     def displacement_field(self, grid: Grid, dtype: torch.dtype = torch.float32) -> Tensor:
         """Displacement ``T(x) - x`` in mm at every voxel of ``grid``: ``(B, *grid.shape, D)``.

@@ -5,7 +5,8 @@ Every file holds a fixed -> moving map in physical space (mm, LPS), ITK's conven
 Formats, chosen by the file name's extension:
 
 * ``.tfm`` / ``.txt`` (ITK text), ``.mat`` (ITK MATLAB, as ANTs writes): linear transforms
-  only, always written as ``AffineTransform_double_D_D`` with ``Parameters`` = the row-major
+  (and, in ``.tfm``/``.txt``, a cubic ``BSpline`` as ITK's ``BSplineTransform``), linear ones
+  always written as ``AffineTransform_double_D_D`` with ``Parameters`` = the row-major
   matrix ``A`` then the translation ``t`` and ``FixedParameters`` = the centre ``c``
   (``T(x) = A (x - c) + c + t``), exactly what ``sitk.WriteTransform`` writes. A linear
   :class:`~miregister.transforms.composite.Composite` is collapsed into one affine.
@@ -14,8 +15,8 @@ Formats, chosen by the file name's extension:
   float64. It loads with ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` and ANTs
   reads such warps. Any transform can be written so (``reference`` is required).
 * ``.h5`` / ``.hdf5`` (ITK HDF5): any transform; a :class:`Composite` becomes an ITK
-  ``CompositeTransform`` with its members in the same order, linear members as affines and
-  others as displacement fields on ``reference``.
+  ``CompositeTransform`` with its members in the same order, linear members as affines,
+  B-splines as ``BSplineTransform`` and others as displacement fields on ``reference``.
 
 Batches: a file holds one transform. A transform with ``batch_size > 1`` is written one pair
 at a time with ``index=i``; without ``index`` it is an error. Files are written atomically
@@ -98,12 +99,18 @@ def _field_image(transform: SpatialTransform, reference: Grid | None, index: int
     return image
 
 
+def _has_native_sitk(transform: SpatialTransform) -> bool:
+    """Whether the transform converts itself exactly (``to_sitk(batch_index=...)``, e.g. :class:`BSpline`)."""
+    return callable(getattr(transform, "to_sitk", None))
+
+
 def to_sitk(transform: SpatialTransform, reference: Grid | None = None, index: int | None = None) -> sitk.Transform:
     """Convert one pair (``index``) of a transform to a ``SimpleITK.Transform``.
 
     Linear transforms become ``sitk.AffineTransform`` (centre kept), a :class:`Composite` a
-    ``sitk.CompositeTransform`` in the same order, anything else a
-    ``sitk.DisplacementFieldTransform`` sampled on ``reference`` (required then).
+    ``sitk.CompositeTransform`` in the same order, a transform with its own exact
+    ``to_sitk(batch_index=)`` (the cubic ``BSpline``: ``sitk.BSplineTransform``) that, and
+    anything else a ``sitk.DisplacementFieldTransform`` sampled on ``reference`` (required then).
     """
     if isinstance(transform, Composite):
         _pick(transform.batch_size, index, "Composite")
@@ -111,6 +118,8 @@ def to_sitk(transform: SpatialTransform, reference: Grid | None = None, index: i
         return sitk.CompositeTransform(members)
     if transform.is_linear:
         return _affine_to_sitk(transform, index)
+    if _has_native_sitk(transform):  # e.g. BSpline -> sitk.BSplineTransform, exact and compact
+        return transform.to_sitk(batch_index=_pick(transform.batch_size, index, type(transform).__name__))
     image = sitk.Cast(_field_image(transform, reference, index), sitk.sitkVectorFloat64)
     return sitk.DisplacementFieldTransform(image)
 
@@ -167,12 +176,13 @@ def write_transform(
         image = _field_image(transform, reference, index)
         _atomic_write(path, ext, lambda tmp: sitk.WriteImage(image, tmp))
         return path
-    if ext in _LINEAR_EXTENSIONS and not transform.is_linear:
+    native_text = ext in (".tfm", ".txt") and _has_native_sitk(transform)  # ITK text holds B-splines too
+    if ext in _LINEAR_EXTENSIONS and not transform.is_linear and not native_text:
         raise ValueError(
             f"{ext} files hold linear transforms only; write a {type(transform).__name__} to .h5 "
             "or as a displacement-field image (.nii.gz, .nrrd, .mha) with reference=grid"
         )
-    if ext in _LINEAR_EXTENSIONS:
+    if ext in _LINEAR_EXTENSIONS and transform.is_linear:
         tx: sitk.Transform = _affine_to_sitk(transform, index)  # a linear composite collapses here
     else:
         tx = to_sitk(transform, reference, index)
@@ -196,12 +206,13 @@ def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> Spatial
 
     Linear ITK transforms (affine, Euler, versor, similarity, translation, scale, ...) become
     the matching :mod:`~miregister.transforms.linear` class with ITK's centre; a displacement
-    field becomes :class:`DisplacementField`, a composite a :class:`Composite` (same order).
+    field becomes :class:`DisplacementField`, a cubic ``BSplineTransform`` a ``BSpline`` and a
+    composite a :class:`Composite` (same order).
 
     Raises
     ------
     ValueError
-        For a dimension other than 2 or 3 or an unsupported kind (e.g. ``BSplineTransform``).
+        For a dimension other than 2 or 3 or an unsupported kind.
     """
     d = tx.GetDimension()
     if d not in (2, 3):
@@ -216,6 +227,10 @@ def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> Spatial
     if name == "DisplacementFieldTransform":
         image = sitk.DisplacementFieldTransform(tx).GetDisplacementField()
         return _field_from_image(image, dtype)
+    if name == "BSplineTransform":
+        from .bspline import BSpline  # imported here: the B-spline module is optional for linear IO
+
+        return BSpline.from_sitk(tx, dtype=dtype)
     if tx.IsLinear():
         # Read the mapping itself (origin and unit vectors) so every ITK linear kind is handled.
         origin = np.asarray(tx.TransformPoint((0.0,) * d))
@@ -260,7 +275,7 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
     -------
     SpatialTransform
         :class:`Affine`/:class:`Rigid`/:class:`Similarity`/:class:`Translation` (by ITK kind),
-        :class:`DisplacementField` or :class:`Composite`; batch size 1.
+        ``BSpline``, :class:`DisplacementField` or :class:`Composite`; batch size 1.
 
     Raises
     ------

@@ -146,6 +146,7 @@ class SVF(SpatialTransform):
     -----
     Nothing is cached: every call integrates the flow again, so gradients always reach
     :attr:`velocity`. Beyond ``grid`` the displacement of the nearest border voxel applies.
+    To save it as an ITK transform, sample it: ``DisplacementField.from_transform(svf, grid)``.
     """
 
     def __init__(
@@ -173,6 +174,12 @@ class SVF(SpatialTransform):
             spacing = (float(control_spacing),) * grid.ndim if scalar else tuple(float(s) for s in control_spacing)
             self.velocity_grid = grid.with_spacing(spacing)
         self.velocity = nn.Parameter(torch.zeros(batch_size, grid.ndim, *self.velocity_grid.shape, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"ndim={self.ndim}, batch_size={self.batch_size}, steps={self.steps}, "
+            f"velocity_size={self.velocity_grid.size}, smoothing={self.smoothing}"
+        )
 
     def dense_velocity(self) -> Tensor:
         """Velocity on :attr:`grid`, after smoothing: ``(B, D, *grid.shape)`` in mm."""

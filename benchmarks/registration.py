@@ -1,0 +1,578 @@
+"""Registration accuracy and speed: miregister against SimpleITK, ANTsPy and elastix.
+
+Every case has a known fixed->moving mapping ``T`` (see :mod:`benchmarks.cases`); each method
+registers the pair, its fixed->moving mapping is evaluated at every voxel of the fixed grid,
+and the error is the mean Euclidean distance (mm) to ``T`` over the fixed brain voxels. Times
+are wall clock (``time.perf_counter``) around the registration call only (no file I/O, no
+evaluation), all methods in the same run with the same thread count.
+
+How each method's mapping is evaluated (each path is checked by ``--cases verify``, which
+feeds the TRUE transform through it and expects ~0 mm):
+
+- SimpleITK: ``sitk.TransformToDisplacementField`` of the returned transform on the fixed
+  grid (``T(x) = x + d(x)``).
+- ANTsPy: three "coordinate images" on the moving grid whose voxel values are that voxel's
+  physical x, y, z (mm) are warped onto the fixed grid by ``ants.apply_transforms`` with the
+  ``fwdtransforms`` list and linear interpolation; linear interpolation of a linear function
+  is exact, so the warped values are ``T(x)``. This sidesteps the inverse convention of
+  ``apply_transforms_to_points``.
+- elastix: ``itk.transformix_deformation_field`` of the result's TransformParameters (they
+  map fixed to moving), ``T(x) = x + d(x)`` on the fixed grid.
+- miregister: ``result.transform`` called on the fixed grid's points (float64, (1, ..., 3)).
+
+Folding (fraction of brain voxels with det(dT/dx) <= 0) is computed the same way for all, by
+central differences of the evaluated mapping on the fixed grid.
+
+Usage::
+
+    python benchmarks/registration.py                       # affine, oblique, deformable
+    python benchmarks/registration.py --cases capture       # capture range of the affine stage
+    python benchmarks/registration.py --cases verify        # check the evaluation paths
+    python benchmarks/registration.py --quick --methods miregister,simpleitk
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from cases import (  # noqa: E402
+    Case,
+    grid_points,
+    jacobian_determinant,
+    make_affine_case,
+    make_capture_case,
+    make_deformable_case,
+    mapping_error,
+    matrix_to_sitk,
+)
+
+ALL_METHODS = ("miregister", "simpleitk", "ants", "elastix")
+# (degrees, axis, shift mm) of the capture-range grid: rotations 0-45 deg about x, y, z and an
+# oblique axis, translations 0-40 mm.
+CAPTURE_GRID = [
+    (0, (1, 0, 0), 0), (15, (1, 0, 0), 0), (15, (0, 1, 0), 20), (15, (0, 0, 1), 40),
+    (30, (1, 0, 0), 20), (30, (0, 1, 0), 40), (30, (0, 0, 1), 0), (30, (1, 1, 1), 40),
+    (45, (1, 0, 0), 0), (45, (0, 1, 0), 20), (45, (0, 0, 1), 40), (45, (1, -1, 1), 20),
+]
+CAPTURE_QUICK = [CAPTURE_GRID[i] for i in (0, 4, 7, 10)]
+SUCCESS_MM = 1.0
+
+
+# ------------------------------------------------------------------------------ helpers
+def _brain(case: Case) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayViewFromImage(case.fixed_mask) > 0
+
+
+def _folded(mapped: np.ndarray, case: Case) -> float:
+    """Fraction of fixed brain voxels where det(dT/dx) <= 0."""
+    det = jacobian_determinant(mapped, case.fixed)
+    return float((det[_brain(case)] <= 0).mean())
+
+
+def _sitk_field_to_mapping(field, reference) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return grid_points(reference) + sitk.GetArrayFromImage(field).astype(np.float64)
+
+
+# ------------------------------------------------------------------------------ SimpleITK
+def sitk_mapping(transform, reference) -> np.ndarray:
+    """``T(x)`` at every voxel of ``reference`` (numpy order (nz, ny, nx, 3))."""
+    import SimpleITK as sitk
+
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(),
+        reference.GetSpacing(), reference.GetDirection(),
+    )
+    return _sitk_field_to_mapping(field, reference)
+
+
+def run_simpleitk(case: Case, kind: str, seed: int, threads: int, **_: Any) -> tuple[np.ndarray, float, dict]:
+    """Affine Mattes-MI registration in the style of the SimpleITK notebooks."""
+    import SimpleITK as sitk
+
+    if kind != "affine":
+        raise NotImplementedError("SimpleITK peer runs affine cases only")
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    fixed, moving = case.fixed, case.moving
+    start = time.perf_counter()
+    initial = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    # seed 0 is sitkWallClock (non-reproducible) in SimpleITK, hence seed + 1
+    reg.SetMetricSamplingPercentage(0.2, seed + 1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    # plain GradientDescent (lr 1, convergence window 10, learning rate estimated once), as in
+    # the notebooks, stops after ~10 iterations per level here and leaves ~6 mm; the regular
+    # step variant converges (0.16 mm on affine-mono)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-4, numberOfIterations=200, relaxationFactor=0.5
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(initial, inPlace=False)
+    transform = reg.Execute(fixed, moving)
+    elapsed = time.perf_counter() - start
+    info = {"iterations": reg.GetOptimizerIteration(), "stop": reg.GetOptimizerStopConditionDescription()}
+    return sitk_mapping(transform, fixed), elapsed, info
+
+
+# ------------------------------------------------------------------------------ ANTsPy
+def sitk_to_ants(image):
+    """A SimpleITK scalar image as an ANTsImage with the same grid (float32)."""
+    import ants
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0).copy()
+    return ants.from_numpy(
+        array, origin=list(image.GetOrigin()), spacing=list(image.GetSpacing()),
+        direction=np.asarray(image.GetDirection()).reshape(3, 3),
+    )
+
+
+def ants_mapping(transformlist: list[str], case: Case) -> np.ndarray:
+    """``T(x)`` on the fixed grid for an ANTs forward transform list, via coordinate images."""
+    import ants
+    import SimpleITK as sitk
+
+    fixed = sitk_to_ants(case.fixed)
+    coords = grid_points(case.moving)
+    out = []
+    for axis in range(3):
+        coordinate = sitk.GetImageFromArray(coords[..., axis].astype(np.float32))
+        coordinate.CopyInformation(case.moving)
+        warped = ants.apply_transforms(
+            fixed=fixed, moving=sitk_to_ants(coordinate), transformlist=transformlist, interpolator="linear"
+        )
+        out.append(warped.numpy().transpose(2, 1, 0))
+    return np.stack(out, axis=-1).astype(np.float64)
+
+
+def run_ants(case: Case, kind: str, seed: int, threads: int, **_: Any) -> tuple[np.ndarray, float, dict]:
+    """ants.registration with type "Affine" (affine) or "SyN" (deformable), defaults otherwise."""
+    import ants
+
+    ants.config._random_seed = seed + 1  # passed as --random-seed to antsRegistration
+    fixed, moving = sitk_to_ants(case.fixed), sitk_to_ants(case.moving)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        reg = ants.registration(
+            fixed, moving, type_of_transform="Affine" if kind == "affine" else "SyN", outprefix=os.path.join(tmp, "r_")
+        )
+        elapsed = time.perf_counter() - start
+        mapped = ants_mapping(reg["fwdtransforms"], case)
+    return mapped, elapsed, {"transforms": len(reg["fwdtransforms"])}
+
+
+# ------------------------------------------------------------------------------ elastix
+def sitk_to_itk(image):
+    """A SimpleITK scalar image as an itk.Image[F, 3] with the same grid."""
+    import itk
+    import SimpleITK as sitk
+
+    out = itk.image_from_array(sitk.GetArrayFromImage(image).astype(np.float32))
+    out.SetOrigin(list(image.GetOrigin()))
+    out.SetSpacing(list(image.GetSpacing()))
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection()).reshape(3, 3).copy()))
+    return out
+
+
+def elastix_mapping(parameters, case: Case) -> np.ndarray:
+    """``T(x)`` on the fixed grid from elastix TransformParameters (fixed -> moving)."""
+    import itk
+
+    field = itk.transformix_deformation_field(sitk_to_itk(case.moving), parameters)
+    d = itk.array_from_image(field).astype(np.float64)
+    return grid_points(case.fixed) + d.reshape(*case.fixed.GetSize()[::-1], 3)
+
+
+def run_elastix(case: Case, kind: str, seed: int, threads: int, **_: Any) -> tuple[np.ndarray, float, dict]:
+    """elastix with its default "affine" or "bspline" parameter map."""
+    import itk
+
+    fixed, moving = sitk_to_itk(case.fixed), sitk_to_itk(case.moving)
+    parameters = itk.ParameterObject.New()
+    pmap = parameters.GetDefaultParameterMap("affine" if kind == "affine" else "bspline")
+    pmap["RandomSeed"] = [str(seed + 1)]
+    parameters.AddParameterMap(pmap)
+    start = time.perf_counter()
+    # number_of_threads=... segfaults with the bspline map (itk-elastix 5.4.7); ITK's global
+    # default (also set from ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS in main) does the job
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+    _, result = itk.elastix_registration_method(fixed, moving, parameter_object=parameters, log_to_console=False)
+    elapsed = time.perf_counter() - start
+    return elastix_mapping(result, case), elapsed, {}
+
+
+# ------------------------------------------------------------------------------ miregister
+def miregister_mapping(transform, case: Case) -> np.ndarray:
+    """``T(x)`` on the fixed grid from a miregister transform (fixed mm -> moving mm)."""
+    import torch
+
+    points = torch.as_tensor(grid_points(case.fixed), dtype=torch.float64)
+    device = next((p.device for p in transform.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        flat = points.reshape(-1, 3)
+        out = torch.cat([transform(chunk.to(device)[None])[0].cpu() for chunk in flat.split(1 << 18)])
+    return out.reshape(points.shape).double().numpy()
+
+
+def run_miregister(case: Case, kind: str, seed: int, threads: int, device: str = "cpu", transform: str | None = None, **options: Any) -> tuple[np.ndarray, float, dict]:
+    """``miregister.register`` with its defaults: "affine" or the deformable ``transform``."""
+    from miregister.registration import register
+
+    start = time.perf_counter()
+    result = register(
+        case.fixed, case.moving, transform=transform or kind, seed=seed, device=device, validate=False, **options
+    )
+    elapsed = time.perf_counter() - start
+    return miregister_mapping(result.transform, case), elapsed, {"timings": result.timings}
+
+
+# ------------------------------------------------------------------------------ running
+def _run(method: str, runner: Callable, case: Case, kind: str, args, **kw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"case": case.name, "method": method}
+    try:
+        mapped, elapsed, info = runner(case, kind, args.seed, args.threads, **kw)
+    except NotImplementedError:
+        return {}
+    except Exception as exc:  # a peer or miregister failing is a result, not a crash
+        traceback.print_exc()
+        row.update(error=f"{type(exc).__name__}: {exc}".splitlines()[0][:160])
+        print(f"  {method:<24} FAILED {row['error']}", flush=True)
+        return row
+    brain = _brain(case)
+    err = mapping_error(mapped[brain], case.true_points)
+    row.update(err, time=elapsed, info=info)
+    if kind != "affine":
+        row["folded"] = _folded(mapped, case)
+    fold = f"  folded {row['folded']:.2e}" if "folded" in row else ""
+    print(f"  {method:<24} mean {err['mean']:6.3f} mm  p95 {err['p95']:6.3f}  max {err['max']:6.3f}  {elapsed:7.2f} s{fold}", flush=True)
+    return row
+
+
+def _baseline(case: Case) -> dict[str, Any]:
+    err = mapping_error(case.points, case.true_points)
+    print(f"  {'identity (before)':<24} mean {err['mean']:6.3f} mm  p95 {err['p95']:6.3f}  max {err['max']:6.3f}", flush=True)
+    return {"case": case.name, "method": "identity (before)", **err}
+
+
+def _methods(kind: str, args) -> list[tuple[str, Callable, dict]]:
+    out = []
+    for m in args.methods:
+        if m == "miregister":
+            if kind == "affine":
+                out.append(("miregister affine", run_miregister, {"device": args.device}))
+            else:
+                for t in args.deformable:
+                    out.append((f"miregister {t}", run_miregister, {"device": args.device, "transform": t}))
+        elif m == "simpleitk" and kind == "affine":
+            out.append(("SimpleITK affine", run_simpleitk, {}))
+        elif m == "ants":
+            out.append(("ANTsPy Affine" if kind == "affine" else "ANTsPy SyN", run_ants, {}))
+        elif m == "elastix":
+            out.append(("elastix affine" if kind == "affine" else "elastix bspline", run_elastix, {}))
+    return out
+
+
+def accuracy_cases(args) -> list[tuple[str, Callable[[], Case]]]:
+    """(kind, case factory) for the requested accuracy cases."""
+    out: list[tuple[str, Callable[[], Case]]] = []
+    if "affine" in args.cases:
+        out.append(("affine", lambda: make_affine_case("mono", seed=args.seed)))
+        if not args.quick:
+            out.append(("affine", lambda: make_affine_case("multi", seed=args.seed)))
+    if "oblique" in args.cases:
+        out.append(("affine", lambda: make_affine_case("multi", oblique=True, seed=args.seed)))
+    if "deformable" in args.cases:
+        out.append(("deformable", lambda: make_deformable_case("mono", seed=args.seed)))
+        if not args.quick:
+            out.append(("deformable", lambda: make_deformable_case("multi", seed=args.seed)))
+    return out
+
+
+def run_accuracy(args) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for kind, factory in accuracy_cases(args):
+        case = factory()
+        print(f"\n== {case.name}: fixed {case.fixed.GetSize()} @ {tuple(round(s, 2) for s in case.fixed.GetSpacing())} mm, "
+              f"{len(case.points)} brain voxels", flush=True)
+        rows.append(_baseline(case))
+        for name, runner, kw in _methods(kind, args):
+            row = _run(name, runner, case, kind, args, **kw)
+            if row:
+                rows.append(row)
+    return rows
+
+
+def run_capture(args) -> list[dict[str, Any]]:
+    """Success rate (error < 1 mm) of affine registration over large initial misalignments."""
+    grid = CAPTURE_QUICK if args.quick else CAPTURE_GRID
+    configs: list[tuple[str, Callable, dict]] = []
+    if "miregister" in args.methods:
+        configs.append(("miregister affine", run_miregister, {"device": args.device}))
+        configs.append(("miregister affine, rotation_search", run_miregister, {"device": args.device, "rotation_search": True}))
+    if "simpleitk" in args.methods:
+        configs.append(("SimpleITK affine", run_simpleitk, {}))
+    rows = []
+    for degrees, axis, shift in grid:
+        case = make_capture_case(degrees, axis, shift, seed=args.seed)
+        print(f"\n== {case.name} about {axis}", flush=True)
+        for name, runner, kw in configs:
+            row = _run(name, runner, case, "affine", args, **kw)
+            if row:
+                row.update(degrees=degrees, axis=axis, shift=shift)
+                rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------ verify
+def run_verify(args) -> list[dict[str, Any]]:
+    """Feed the TRUE transform through each peer's evaluation path; errors should be ~0 mm."""
+    import SimpleITK as sitk
+
+    rows = []
+    for case in (make_affine_case("multi", oblique=True, seed=args.seed), make_deformable_case("mono", seed=args.seed)):
+        print(f"\n== verify evaluation paths on {case.name}", flush=True)
+        brain = _brain(case)
+        checks: dict[str, Callable[[str], np.ndarray]] = {}
+        checks["SimpleITK TransformToDisplacementField"] = lambda tmp: sitk_mapping(case.true_transform(), case.fixed)
+        if "miregister" in args.methods and case.matrix is not None:
+            def miregister_check(tmp: str) -> np.ndarray:
+                import torch
+
+                from miregister.transforms import Affine
+
+                center = case.points.mean(axis=0)  # float32 parameters, as register() makes them
+                return miregister_mapping(Affine.from_matrix(case.matrix, center=center, dtype=torch.float32), case)
+
+            checks["miregister transform (float32)"] = miregister_check
+        if "ants" in args.methods:
+            def ants_check(tmp: str) -> np.ndarray:
+                if case.matrix is not None:
+                    path = os.path.join(tmp, "true.mat")
+                    sitk.WriteTransform(matrix_to_sitk(case.matrix), path)
+                else:
+                    path = os.path.join(tmp, "true_warp.nii.gz")
+                    sitk.WriteImage(sitk.Cast(case.displacement, sitk.sitkVectorFloat32), path)
+                return ants_mapping([path], case)
+
+            checks["ANTs coordinate images"] = ants_check
+
+            def ants_points(tmp: str) -> np.ndarray:
+                # cross-check: apply_transforms_to_points with the same (forward) list maps
+                # fixed points to moving points, per the "points go the opposite way" rule
+                import ants
+                import pandas as pd
+
+                if case.matrix is not None:
+                    path = os.path.join(tmp, "true.mat")
+                    sitk.WriteTransform(matrix_to_sitk(case.matrix), path)
+                else:
+                    path = os.path.join(tmp, "true_warp.nii.gz")
+                    sitk.WriteImage(sitk.Cast(case.displacement, sitk.sitkVectorFloat32), path)
+                mapped = grid_points(case.fixed)
+                pts = pd.DataFrame(case.points, columns=["x", "y", "z"])
+                out = ants.apply_transforms_to_points(3, pts, [path], whichtoinvert=[False])
+                mapped[brain] = out[["x", "y", "z"]].to_numpy()
+                return mapped
+
+            checks["ANTs apply_transforms_to_points"] = ants_points
+        if "elastix" in args.methods:
+            def elastix_check(tmp: str) -> np.ndarray:
+                import itk
+
+                parameters = itk.ParameterObject.New()
+                f = case.fixed
+                common = {
+                    "FixedImageDimension": ["3"], "MovingImageDimension": ["3"],
+                    "FixedInternalImagePixelType": ["float"], "MovingInternalImagePixelType": ["float"],
+                    "Size": [str(s) for s in f.GetSize()], "Index": ["0", "0", "0"],
+                    "Spacing": [repr(float(s)) for s in f.GetSpacing()], "Origin": [repr(float(s)) for s in f.GetOrigin()],
+                    # elastix parameter files store the direction matrix column by column
+                    "Direction": [repr(float(s)) for s in np.asarray(f.GetDirection()).reshape(3, 3).T.ravel()],
+                    "UseDirectionCosines": ["true"],
+                    "InitialTransformParameterFileName": ["NoInitialTransform"], "HowToCombineTransforms": ["Compose"],
+                    "ResampleInterpolator": ["FinalBSplineInterpolator"], "FinalBSplineInterpolationOrder": ["1"],
+                    "Resampler": ["DefaultResampler"], "DefaultPixelValue": ["0"],
+                    "ResultImagePixelType": ["float"], "ResultImageFormat": ["nii"],
+                }
+                if case.matrix is not None:
+                    pmap = dict(common, Transform=["AffineTransform"], NumberOfParameters=["12"],
+                                TransformParameters=[repr(float(v)) for v in list(case.matrix[:3, :3].ravel()) + list(case.matrix[:3, 3])],
+                                CenterOfRotationPoint=["0", "0", "0"])
+                else:
+                    path = os.path.join(tmp, "true_warp.nii.gz")
+                    sitk.WriteImage(case.displacement, path)
+                    pmap = dict(common, Transform=["DeformationFieldTransform"], NumberOfParameters=["0"],
+                                TransformParameters=[], DeformationFieldFileName=[path],
+                                DeformationFieldInterpolationOrder=["1"])
+                parameters.AddParameterMap(pmap)
+                return elastix_mapping(parameters, case)
+
+            checks["elastix transformix_deformation_field"] = elastix_check
+        for name, check in checks.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    mapped = check(tmp)
+                except Exception as exc:
+                    traceback.print_exc()
+                    print(f"  {name:<40} FAILED {type(exc).__name__}: {exc}", flush=True)
+                    continue
+            err = mapping_error(mapped[brain], case.true_points)
+            print(f"  {name:<40} mean {err['mean']:.2e} mm  max {err['max']:.2e} mm", flush=True)
+            rows.append({"case": case.name, "method": name, **err})
+    return rows
+
+
+# ------------------------------------------------------------------------------ report
+def _fmt_time(row: dict[str, Any]) -> str:
+    return f"{row['time']:.1f}" if "time" in row else ""
+
+
+def markdown(accuracy: list[dict], capture: list[dict], args, notes: list[str]) -> str:
+    from results_file import machine_description
+
+    lines = ["## Registration: accuracy and speed against SimpleITK, ANTsPy and elastix", ""]
+    lines.append(f"Machine: {machine_description()}.")
+    lines.append("")
+    lines.append(
+        "Error: distance (mm) between the found and the known fixed->moving mapping at the fixed "
+        "image's brain voxels (mean, 95th percentile, max). Time: wall clock of the registration "
+        "call. `python benchmarks/registration.py"
+        + (" --quick" if args.quick else "") + f" --cases {','.join(args.cases)}`."
+    )
+    lines.append("")
+    if accuracy:
+        by_case: dict[str, list[dict]] = {}
+        for r in accuracy:
+            by_case.setdefault(r["case"], []).append(r)
+        for name, rows in by_case.items():
+            deformable = name.startswith("deformable")
+            lines.append(f"**{name}**")
+            lines.append("")
+            head = "| method | mean error (mm) | p95 (mm) | max (mm) | time (s) |" + (" folded voxels |" if deformable else "")
+            lines.append(head)
+            lines.append("|" + "---|" * (head.count("|") - 1))
+            for r in rows:
+                if "error" in r:
+                    lines.append(f"| {r['method']} | failed: {r['error']} | | | |" + (" |" if deformable else ""))
+                    continue
+                fold = f" {100 * r['folded']:.3f} % |" if "folded" in r else (" |" if deformable else "")
+                lines.append(f"| {r['method']} | {r['mean']:.3f} | {r['p95']:.3f} | {r['max']:.2f} | {_fmt_time(r)} |" + fold)
+            lines.append("")
+    if capture:
+        lines.append(f"**capture range** (mono T1, rotation 0-45 deg about x, y, z, oblique; translation 0-40 mm; "
+                     f"plus the known scaling; success = mean error < {SUCCESS_MM:g} mm)")
+        lines.append("")
+        methods = list(dict.fromkeys(r["method"] for r in capture))
+        lines.append("| rotation | axis | shift (mm) | " + " | ".join(methods) + " |")
+        lines.append("|---|---|---|" + "---|" * len(methods))
+        keys = list(dict.fromkeys((r["degrees"], tuple(r["axis"]), r["shift"]) for r in capture))
+        for key in keys:
+            cells = []
+            for m in methods:
+                r = next((r for r in capture if (r["degrees"], tuple(r["axis"]), r["shift"]) == key and r["method"] == m), None)
+                cells.append("" if r is None else ("failed" if "error" in r else f"{r['mean']:.2f} mm, {r['time']:.0f} s"))
+            lines.append(f"| {key[0]} deg | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        rates = []
+        for m in methods:
+            rs = [r for r in capture if r["method"] == m]
+            ok = sum(1 for r in rs if "error" not in r and r["mean"] < SUCCESS_MM)
+            rates.append(f"{ok}/{len(rs)}")
+        lines.append("| **success** | | | " + " | ".join(rates) + " |")
+        lines.append("")
+    if notes:
+        lines.append("Notes:")
+        lines.append("")
+        lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="affine,oblique,deformable",
+                        help="comma list of affine, oblique, deformable, capture, verify")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list of {', '.join(ALL_METHODS)}")
+    parser.add_argument("--deformable", default="bspline,svf", help="miregister deformable transforms to run")
+    parser.add_argument("--quick", action="store_true", help="mono cases only, 4 capture cases")
+    parser.add_argument("--device", default="cpu", help="miregister device (cpu, cuda, auto)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for torch and ITK (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    args.methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    args.deformable = [t.strip() for t in args.deformable.split(",") if t.strip()]
+    unknown = set(args.cases) - {"affine", "oblique", "deformable", "capture", "verify"}
+    if unknown or set(args.methods) - set(ALL_METHODS):
+        parser.error(f"unknown case or method: {sorted(unknown | (set(args.methods) - set(ALL_METHODS)))}")
+
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    # ITK reads this when the library loads (ANTs, itk-elastix); SimpleITK is set per run
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    accuracy = run_accuracy(args)
+    capture = run_capture(args) if "capture" in args.cases else []
+    verify = run_verify(args) if "verify" in args.cases else []
+    if not (accuracy or capture):
+        return 0
+
+    import SimpleITK as sitk
+
+    versions = [f"SimpleITK {sitk.Version.VersionString()}"]
+    for mod in ("ants", "itk"):
+        try:
+            versions.append(f"{'ANTsPy' if mod == 'ants' else 'itk-elastix'} {__import__(mod).__version__}")
+        except Exception:
+            pass
+    notes = [
+        f"Threads: torch {args.threads} (`torch.get_num_threads()`), ITK {args.threads} for SimpleITK, "
+        f"ANTs and elastix (`ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`); miregister on `{args.device}`, float32, defaults.",
+        "Peers: " + ", ".join(versions) + ". SimpleITK: Mattes MI 50 bins, random 20 % sampling (seeded), linear, "
+        "regular-step gradient descent (lr 2, min step 1e-4, relaxation 0.5, <= 200 it. per level) with physical-shift scales, shrink 4/2/1, sigmas 2/1/0 mm, MOMENTS "
+        "initialiser. ANTsPy: `ants.registration` `Affine` / `SyN` defaults, `--random-seed` set. elastix: default "
+        "`affine` / `bspline` parameter maps.",
+        "Cases (benchmarks/cases.py): affine = rotation 14 deg about an oblique axis, translation 11 mm, scalings "
+        "1.05/0.96/1.03 about the brain centre; oblique = fixed T1 on a 1.8 x 1.8 x 3.0 mm grid rotated 12 deg; "
+        "deformable = seeded random field smoothed by a 16 mm Gaussian, mean |u| 3.8 mm, det J in [0.31, 2.0]; "
+        "moving = source through the inverted field (inverse error 0.02 mm mean).",
+        "Evaluation paths checked with the true transform (`--cases verify`): all give <= 1e-3 mm.",
+    ]
+    if args.quick:
+        notes.append("Quick run (`--quick`): mono cases only, 4 capture cases.")
+    text = markdown(accuracy, capture, args, notes)
+    print("\n" + text)
+    if not args.no_write:
+        from results_file import write_section
+
+        write_section("registration", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
