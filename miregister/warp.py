@@ -347,9 +347,9 @@ def warp(
             theta = to_normalized @ theta @ from_output  # (B, D+1, D+1), folded in float64 then cast
             coords = F.affine_grid(theta[:, :d, :].to(work_dtype), [theta.shape[0], 1, *fixed_grid.shape], align_corners=True)
     else:
-        points = fixed_grid.points(dtype=work_dtype, device=device)
-        points = points.unsqueeze(0).expand(transform.batch_size, *points.shape)
-        mapped = transform(points)
+        # Dense evaluation: transforms with a grid fast path (B-spline, SVF, fields) use it.
+        points = fixed_grid.points(dtype=work_dtype, device=device).unsqueeze(0)
+        mapped = points + transform.displacement_field(fixed_grid, dtype=work_dtype).to(device)
         coords = apply_affine(_physical_to_normalized(moving_grid), mapped)
     values, inside = _sample_normalized(moving, moving_grid, coords, mode, padding_value, margin)
     return (values, inside) if return_inside else values

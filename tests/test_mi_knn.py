@@ -82,3 +82,14 @@ def test_seed_module_clamps_and_shapes():
     x, y = _pair(0.0, 256, batch=2, seed=7)
     out = mi.KnnMutualInformation(3)(x.reshape(2, 1, 16, 16), y.reshape(2, 1, 16, 16))
     assert out.shape == (2, 1) and (out >= 0).all()
+
+
+def test_numpy_and_torch_marginal_counts_agree():
+    from miregister.mi.knn import strict_marginal_counts, strict_marginal_counts_numpy
+
+    g = torch.Generator().manual_seed(8)
+    v = (torch.randn(3000, generator=g, dtype=torch.float64) * 3).round() / 3  # many ties
+    eps = (torch.rand(3000, generator=g, dtype=torch.float64) * 2).round() / 3  # some 0, some = gaps
+    np.testing.assert_array_equal(strict_marginal_counts(v, eps).numpy(), strict_marginal_counts_numpy(v.numpy(), eps.numpy()))
+    brute = ((v[None, :] - v[:, None]).abs() < eps[:, None]).sum(1) - (eps > 0).long()
+    np.testing.assert_array_equal(strict_marginal_counts(v, eps).numpy(), brute.numpy())

@@ -62,6 +62,8 @@ def test_bins_normalization_kernel_range():
         mi.soft_mutual_information(X, Y, kernel="box")
     with pytest.raises(ValueError, match="x_range"):
         mi.soft_mutual_information(X, Y, x_range=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="y_range"):
+        mi.soft_mutual_information(X, Y, y_range=torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="percentile"):
         mi.soft_mutual_information(X, Y, percentile=0.7)
     with pytest.raises(ValueError, match="bias_correction"):

@@ -30,10 +30,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .bins import _prepare, effective_sample_size
+from .bins import effective_sample_size
 from .entropy import Entropies, entropies_from_joint, normalize_mutual_information
 from .histogram import bin_coordinates, parzen_joint_histogram, resolve_range
-from .validation import check_bins
+from .validation import check_bins, prepare_inputs
 
 __all__ = ["scott_bandwidth", "kde_joint_density", "kde_entropies", "kde_mutual_information"]
 
@@ -145,8 +145,8 @@ def kde_joint_density(
     rx = resolve_range(x, weights, x_range, percentile, gain)
     ry = resolve_range(y, weights, y_range, percentile, gain)
     pad = extend * sd
-    rx = rx + pad[:, :1] * rx.new_tensor([-1.0, 1.0])
-    ry = ry + pad[:, 1:] * ry.new_tensor([-1.0, 1.0])
+    rx = torch.stack([rx[:, 0] - pad[:, 0], rx[:, 1] + pad[:, 0]], dim=1)
+    ry = torch.stack([ry[:, 0] - pad[:, 1], ry[:, 1] + pad[:, 1]], dim=1)
     tiny = torch.finfo(x.dtype).tiny
     wx = ((rx[:, 1] - rx[:, 0]) / bins).clamp_min(tiny)
     wy = ((ry[:, 1] - ry[:, 0]) / bins).clamp_min(tiny)
@@ -174,7 +174,9 @@ def kde_entropies(
     validate: bool = True,
 ) -> Entropies:
     """Plug-in entropies (nats) of the gridded KDE: (hx, hy, hxy), each (B,)."""
-    x, y, weights, x_range, y_range = _prepare(x, y, weights, mask, x_range, y_range, "none", "none", validate)
+    x, y, weights, x_range, y_range = prepare_inputs(
+        x, y, weights=weights, mask=mask, x_range=x_range, y_range=y_range, validate=validate
+    )
     p = kde_joint_density(
         x, y, bins=bins, bandwidths=bandwidths, weights=weights, x_range=x_range, y_range=y_range,
         percentile=percentile, gain=gain, extend=extend,

@@ -22,10 +22,10 @@ With heavily tied data (integer intensities) the estimate is biased by the ties;
 
 Backends
 --------
-``"scipy"``: ``scipy.spatial.cKDTree`` (max-norm, all cores) on the CPU, results moved back to
-the input's device. ``"torch"``: exact chunked brute-force search on the input's device
-(O(N^2) work, O(chunk * N) memory; meant for CUDA). ``"auto"`` picks scipy for CPU tensors and
-torch otherwise. The marginal counts always run in torch on the input's device.
+``"scipy"``: ``scipy.spatial.cKDTree`` (max-norm, all cores) and NumPy marginal counts on the
+CPU, the result moved back to the input's device. ``"torch"``: exact chunked brute-force
+search and marginal counts on the input's device (O(N^2) work, O(chunk * N) memory; meant for
+CUDA). ``"auto"`` picks scipy for CPU tensors and torch otherwise.
 """
 from __future__ import annotations
 
@@ -37,7 +37,12 @@ from torch import Tensor
 
 from .validation import check_pair, check_weights
 
-__all__ = ["knn_mutual_information", "ksg_neighbour_radius", "strict_marginal_counts"]
+__all__ = [
+    "knn_mutual_information",
+    "ksg_neighbour_radius",
+    "strict_marginal_counts",
+    "strict_marginal_counts_numpy",
+]
 
 #: Elements of the (chunk, N) distance block in the torch backend.
 _BLOCK = 1 << 24
@@ -151,14 +156,67 @@ def strict_marginal_counts(v: Tensor, eps: Tensor, steps: int = 3) -> Tensor:
     return counts
 
 
+def strict_marginal_counts_numpy(v: np.ndarray, eps: np.ndarray, steps: int = 3) -> np.ndarray:
+    """NumPy twin of :func:`strict_marginal_counts` (same rule, same result).
+
+    The CPU path runs in NumPy because its single-threaded kernels stay fast on a busy
+    machine, where PyTorch's multi-threaded ones can stall waiting for a descheduled thread.
+    """
+    order = np.argsort(v, kind="stable")
+    vs = v[order]
+    e = eps[order]
+    n = vs.size
+    hi = np.searchsorted(vs, vs + e, side="left")
+    lo = np.searchsorted(vs, vs - e, side="right")
+    for _ in range(steps):
+        changed = False
+        prev = vs[np.maximum(hi - 1, 0)]
+        bad = np.flatnonzero((hi > 0) & (prev - vs >= e))
+        if bad.size:
+            hi[bad] = np.searchsorted(vs, prev[bad], side="left")
+            changed = True
+        nxt = vs[np.minimum(hi, n - 1)]
+        bad = np.flatnonzero((hi < n) & (nxt - vs < e))
+        if bad.size:
+            hi[bad] = np.searchsorted(vs, nxt[bad], side="right")
+            changed = True
+        prev = vs[np.maximum(lo - 1, 0)]
+        bad = np.flatnonzero((lo > 0) & (vs - prev < e))
+        if bad.size:
+            lo[bad] = np.searchsorted(vs, prev[bad], side="left")
+            changed = True
+        nxt = vs[np.minimum(lo, n - 1)]
+        bad = np.flatnonzero((lo < n) & (vs - nxt >= e))
+        if bad.size:
+            lo[bad] = np.searchsorted(vs, nxt[bad], side="right")
+            changed = True
+        if not changed:
+            break
+    counts = np.empty(n, dtype=np.int64)
+    counts[order] = np.maximum(hi - lo, 0) - (e > 0)
+    return counts
+
+
 def _ksg_row(x: Tensor, y: Tensor, k: int, backend: str) -> Tensor:
+    """KSG-1 of one sample set (float64 (n,) tensors): a 0-d float64 tensor on x's device."""
     n = x.numel()
+    if backend == "auto":
+        backend = "scipy" if x.device.type == "cpu" else "torch"
+    if backend == "scipy":
+        from scipy.special import digamma
+
+        xn, yn = x.cpu().numpy(), y.cpu().numpy()
+        eps = _radius_scipy(np.stack([xn, yn], axis=1), k)
+        nx = strict_marginal_counts_numpy(xn, eps)
+        ny = strict_marginal_counts_numpy(yn, eps)
+        value = digamma(k) + digamma(n) - (digamma(nx + 1.0).mean() + digamma(ny + 1.0).mean())
+        return torch.tensor(value, dtype=torch.float64, device=x.device)
     eps = ksg_neighbour_radius(x, y, k, backend)
     nx = strict_marginal_counts(x, eps)
     ny = strict_marginal_counts(y, eps)
     digamma = torch.special.digamma
-    const = digamma(torch.tensor(float(k), dtype=torch.float64)) + digamma(torch.tensor(float(n), dtype=torch.float64))
-    return const.to(x.device) - (digamma((nx + 1).double()) + digamma((ny + 1).double())).mean()
+    const = float(digamma(torch.tensor(float(k), dtype=torch.float64)) + digamma(torch.tensor(float(n), dtype=torch.float64)))
+    return const - (digamma((nx + 1).double()).mean() + digamma((ny + 1).double()).mean())
 
 
 def knn_mutual_information(

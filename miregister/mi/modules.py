@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Collection, Literal, Optional, Union
 
-import torch
 from torch import Tensor, nn
 
 from .bins import soft_mutual_information

@@ -18,6 +18,7 @@ __all__ = [
     "check_bins",
     "check_normalization",
     "check_range",
+    "prepare_inputs",
     "values_checkable",
     "computation_dtype",
 ]
@@ -33,6 +34,19 @@ def values_checkable(t: Tensor) -> bool:
     if t.is_cuda and torch.cuda.is_current_stream_capturing():
         return False
     return True
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every value of ``t`` is finite (synchronises).
+
+    A finite sum proves it in one fast reduction; only a non-finite sum (bad values, or an
+    overflow of huge ones) needs the exact elementwise test.
+    """
+    if not t.is_floating_point():
+        return True
+    if bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def computation_dtype(*tensors: Tensor) -> torch.dtype:
@@ -80,7 +94,7 @@ def check_pair(x: Tensor, y: Tensor, *, validate: bool = True, min_samples: int 
         raise ValueError(f"need at least {min_samples} samples per batch element, got N = {x.shape[1]}")
     if validate and values_checkable(x):
         for name, t in (("x", x), ("y", y)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if not all_finite(t):
                 raise ValueError(f"{name} contains NaN or infinite values")
 
 
@@ -128,7 +142,7 @@ def check_weights(
         ) from error
     weights = weights.to(computation_dtype(x))
     if validate and values_checkable(weights):
-        if not bool(torch.isfinite(weights).all()):
+        if not all_finite(weights):
             raise ValueError("weights contain NaN or infinite values")
         if bool((weights < 0).any()):
             raise ValueError("weights must be non-negative")
@@ -153,8 +167,14 @@ def check_normalization(normalization: str) -> str:
     return normalization
 
 
-def check_range(value_range: Optional[Tensor], x: Tensor, name: str) -> Optional[Tensor]:
-    """Check an explicit (min, max) range, shape (B, 2) or (2,), and broadcast it to (B, 2)."""
+def check_range(
+    value_range: Optional[Tensor], x: Tensor, name: str, *, validate: bool = True
+) -> Optional[Tensor]:
+    """Check an explicit (min, max) range, shape (B, 2) or (2,), and broadcast it to (B, 2).
+
+    With ``validate``, also reject non-finite or inverted (max < min) ranges; max == min is
+    allowed (a constant image) and puts every sample in one bin.
+    """
     if value_range is None:
         return None
     value_range = torch.as_tensor(value_range, device=x.device)
@@ -162,4 +182,48 @@ def check_range(value_range: Optional[Tensor], x: Tensor, name: str) -> Optional
         value_range = value_range.unsqueeze(0)
     if value_range.dim() != 2 or value_range.shape[-1] != 2 or value_range.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"{name} must have shape (B, 2) or (2,), got {tuple(value_range.shape)}")
-    return value_range.to(computation_dtype(x)).expand(x.shape[0], 2)
+    value_range = value_range.to(computation_dtype(x)).expand(x.shape[0], 2)
+    if validate and values_checkable(value_range):
+        if not all_finite(value_range) or bool((value_range[:, 1] < value_range[:, 0]).any()):
+            raise ValueError(f"{name} must hold finite (min, max) pairs with min <= max")
+    return value_range
+
+
+def prepare_inputs(
+    x: Tensor,
+    y: Tensor,
+    *,
+    weights: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    x_range: Optional[Tensor] = None,
+    y_range: Optional[Tensor] = None,
+    validate: bool = True,
+) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Check and convert the common arguments of the density estimators.
+
+    Returns
+    -------
+    tuple
+        ``(x, y, weights, x_range, y_range)`` in the computation dtype; ``weights`` is the
+        product of ``weights`` and ``mask`` broadcast to (B, N), or None.
+
+    Raises
+    ------
+    ValueError
+        See :func:`check_pair`, :func:`check_weights` and :func:`check_range`.
+    """
+    check_pair(x, y, validate=validate)
+    dtype = computation_dtype(x, y)
+    x, y = x.to(dtype), y.to(dtype)
+    weights = check_weights(weights, x, validate=False)
+    mask = check_weights(mask, x, validate=False)
+    if mask is not None:
+        weights = mask if weights is None else weights * mask
+    weights = check_weights(weights, x, validate=validate)
+    return (
+        x,
+        y,
+        weights,
+        check_range(x_range, x, "x_range", validate=validate),
+        check_range(y_range, y, "y_range", validate=validate),
+    )

@@ -22,7 +22,8 @@ def sample_points(
     jitter: bool = True,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> Tensor:
+    return_indices: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Physical positions (mm) of ``count`` random voxels of ``grid``.
 
     Parameters
@@ -39,10 +40,15 @@ def sample_points(
     jitter : bool
         Move each sample uniformly within +-0.5 voxel (in index space).
 
+    return_indices : bool
+        Also return the flat (C-order) voxel index of each sample, ``(N,)`` int64, so that a
+        dense field computed on ``grid`` can be gathered at the samples.
+
     Returns
     -------
     Tensor
-        Points of shape ``(N, D)`` in mm, last axis ``(x, y[, z])``, on ``device``.
+        Points of shape ``(N, D)`` in mm, last axis ``(x, y[, z])``, on ``device``
+        (and the flat indices when ``return_indices``).
 
     Raises
     ------
@@ -76,4 +82,5 @@ def sample_points(
         index_t = index_t + torch.rand(index_t.shape, generator=generator, dtype=torch.float64) - 0.5
         upper = torch.tensor([s - 1 for s in grid.size], dtype=torch.float64)
         index_t = torch.minimum(torch.clamp(index_t, min=0.0), upper)
-    return grid.index_to_physical(index_t).to(device=device, dtype=dtype)
+    points = grid.index_to_physical(index_t).to(device=device, dtype=dtype)
+    return (points, chosen.to(device)) if return_indices else points

@@ -22,7 +22,10 @@ def mi_measures(x: torch.Tensor, y: torch.Tensor, bins: int, subsample: int, see
     """MI of paired samples ``x``, ``y`` (1-D tensors) by four estimators, in nats (NMI is unitless).
 
     Soft bins and NMI use every sample; KDE and KNN use a seeded random subset of
-    ``subsample`` samples (KNN is exact but costs O(N log N) per query).
+    ``subsample`` samples (KNN is exact but costs O(N log N) per query). Image intensities
+    are quantised (often uint8), so KNN gets a seeded uniform dequantisation jitter of 1% of
+    each variable's standard deviation: without it, thousands of tied background voxels give
+    zero neighbour distances and a meaningless estimate.
     """
     x2, y2 = x.reshape(1, -1).double(), y.reshape(1, -1).double()
     generator = torch.Generator().manual_seed(int(seed))
@@ -34,7 +37,7 @@ def mi_measures(x: torch.Tensor, y: torch.Tensor, bins: int, subsample: int, see
     return {
         "soft_bins": float(mi.soft_mutual_information(x2, y2, bins=bins)[0]),
         "kde": float(mi.kde_mutual_information(xs, ys)[0]),
-        "knn": float(mi.knn_mutual_information(xs, ys, k=3)[0]),
+        "knn": float(mi.knn_mutual_information(xs, ys, k=3, jitter=0.01, seed=seed)[0]),
         "nmi": float(mi.normalized_mutual_information(x2, y2, bins=bins)[0]),
         "samples": int(x2.shape[1]),
     }

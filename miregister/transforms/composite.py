@@ -71,6 +71,19 @@ class Composite(SpatialTransform):
                 points = t(points)
         return points
 
+    def displacement_field(self, grid, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Displacement ``T(x) - x`` (mm) at every voxel of ``grid``: ``(B, *grid.shape, D)``.
+
+        The innermost member (the one acting first, usually the deformable stage) is evaluated
+        with its own dense fast path on ``grid``; the outer members then map the points.
+        """
+        field = self.transforms[-1].displacement_field(grid, dtype=dtype)
+        points = grid.points(dtype=field.dtype, device=field.device).unsqueeze(0)
+        mapped = points + field
+        if len(self.transforms) > 1:
+            mapped = Composite(list(self.transforms)[:-1])(mapped)
+        return mapped - points
+
     def affine_matrix(self) -> Tensor:
         """Homogeneous ``(B, D+1, D+1)`` product ``M0 @ M1 @ ... @ Mn`` (only when all are linear)."""
         if not self.is_linear:
