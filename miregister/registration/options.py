@@ -73,7 +73,7 @@ def default_stage_options(kind: str) -> StageOptions:
     if kind == "bspline":
         return StageOptions(
             shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(60, 60, 40),
-            samples=200_000, control_spacing=12.0, regularization=3000.0,
+            samples=200_000, control_spacing=12.0, regularization=300.0,
         )
     if kind == "svf":
         return StageOptions(

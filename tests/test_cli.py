@@ -1,0 +1,80 @@
+"""The miregister command line: outputs, exit codes, no half-written output."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from miregister.cli import main
+
+from registration_cases import slice_case
+
+
+def _write_pair(tmp_path):
+    fixed, moving, truth, points = slice_case()
+    f, m = tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz"
+    sitk.WriteImage(fixed, str(f))
+    sitk.WriteImage(moving, str(m))
+    return f, m, truth, points
+
+
+def test_register_writes_transform_warped_report_and_qc(tmp_path, capsys):
+    f, m, truth, points = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    assert main(["register", str(f), str(m), "-o", str(out), "--quiet"]) == 0
+    for name in ("transform.tfm", "warped.nii.gz", "report.json", "qc.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["transform"] == "affine" and report["validation"]["after"]["knn"] > report["validation"]["before"]["knn"]
+    found = sitk.ReadTransform(str(out / "transform.tfm"))
+    errors = [np.linalg.norm(np.subtract(found.TransformPoint(p.tolist()), truth.TransformPoint(p.tolist()))) for p in points[::20]]
+    assert np.mean(errors) < 0.3
+
+
+def test_apply_resamples_label_map_with_nearest(tmp_path):
+    f, m, _, _ = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    assert main(["register", str(f), str(m), "-o", str(out), "--quiet", "--no-qc", "--no-validate", "-t", "rigid"]) == 0
+    labels = sitk.Cast(sitk.ReadImage(str(m)) > 60, sitk.sitkUInt8)
+    lab = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(labels, str(lab))
+    target = tmp_path / "labels_on_fixed.nii.gz"
+    code = main(["apply", str(lab), str(f), "-t", str(out / "transform.tfm"), "-o", str(target), "--interpolation", "nearest"])
+    assert code == 0
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(target)))
+    reference = sitk.GetArrayFromImage(sitk.Resample(labels, sitk.ReadImage(str(f)), sitk.ReadTransform(str(out / "transform.tfm")), sitk.sitkNearestNeighbor, 0))
+    assert set(np.unique(ours)) <= {0, 1}
+    assert (ours != reference).mean() < 0.01
+
+
+def test_mi_command_prints_three_estimators(tmp_path, capsys):
+    f, m, _, _ = _write_pair(tmp_path)
+    assert main(["mi", str(f), str(f), "--json", "--knn-samples", "2000"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert main(["mi", str(f), str(m), "--json", "--knn-samples", "2000"]) == 0
+    moved = json.loads(capsys.readouterr().out)
+    for key in ("soft_bins", "kde", "knn", "nmi"):
+        assert same[key] > moved[key]
+
+
+def test_missing_file_exits_1_and_writes_nothing(tmp_path, capsys):
+    f, _, _, _ = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    assert main(["register", str(f), str(tmp_path / "nope.nii.gz"), "-o", str(out), "--quiet"]) == 1
+    assert "nope.nii.gz" in capsys.readouterr().err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".miregister-")]
+
+
+def test_unknown_transform_exits_1_and_bad_flag_exits_2(tmp_path, capsys):
+    f, m, _, _ = _write_pair(tmp_path)
+    assert main(["register", str(f), str(m), "-o", str(tmp_path / "o"), "-t", "warp9", "--quiet"]) == 1
+    assert "unknown transform" in capsys.readouterr().err
+    try:
+        main(["register", str(f), str(m), "-o", str(tmp_path / "o"), "--no-such-flag"])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    else:  # pragma: no cover
+        raise AssertionError("argparse should exit with 2")
