@@ -51,6 +51,7 @@ LABELS = "mni152_labels_2mm.nii.gz"
 BRAINMASK = "mni152_brainmask_2mm.nii.gz"
 T1_SLICE = "mni152_t1_slice.nii.gz"
 T2LIKE_SLICE = "mni152_t2like_slice.nii.gz"
+T2LIKE_MOVED = "mni152_t2like_moved_2mm.nii.gz"
 OUTPUTS = (T1, T2LIKE, LABELS, BRAINMASK, T1_SLICE, T2LIKE_SLICE)
 
 # --- recipe constants (documented in data/README.md) ---------------------------
@@ -179,7 +180,29 @@ def make_images(source_dir: Path) -> dict[str, sitk.Image]:
     size = list(ref.GetSize()[:2]) + [0]
     out[T1_SLICE] = sitk.Extract(out[T1], size, [0, 0, k])
     out[T2LIKE_SLICE] = sitk.Extract(out[T2LIKE], size, [0, 0, k])
+    out[T2LIKE_MOVED] = misaligned(out[T2LIKE])
     return out
+
+
+#: The known fixed -> moving transform of the quick-start pair (ITK convention, mm, LPS):
+#: rotation of MOVED_DEGREES about MOVED_AXIS through the grid centre, then MOVED_SHIFT_MM.
+MOVED_DEGREES, MOVED_AXIS, MOVED_SHIFT_MM = 10.0, (0.2, 0.3, 0.93), (8.0, -6.0, 4.0)
+
+
+def misaligned_transform(ref: sitk.Image) -> sitk.Euler3DTransform:
+    """The known rigid fixed->moving transform of ``T2LIKE_MOVED`` (about the grid centre)."""
+    center = ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ref.GetSize()])
+    versor = sitk.VersorRigid3DTransform()
+    versor.SetCenter(center)
+    versor.SetRotation(MOVED_AXIS, float(np.deg2rad(MOVED_DEGREES)))
+    versor.SetTranslation(MOVED_SHIFT_MM)
+    return versor
+
+
+def misaligned(t2: sitk.Image) -> sitk.Image:
+    """The T2-like image moved by :func:`misaligned_transform`: ``moving(T(x)) = t2(x)``."""
+    transform = misaligned_transform(t2)
+    return sitk.Resample(t2, t2, transform.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkUInt8)
 
 
 def write_images(images: dict[str, sitk.Image], out_dir: Path) -> None:
