@@ -170,16 +170,18 @@ def _apply(args: argparse.Namespace) -> int:
         if t.ndim != reference.ndim:
             raise ValueError(f"transform {path} is {t.ndim}D but the reference image is {reference.ndim}D")
     transform = transforms[0] if len(transforms) == 1 else Composite(transforms)
-    original_dtype = image.dtype
     out = resample(image, transform, reference.grid, mode=args.interpolation, default_value=args.default_value)
     cast = None
-    if args.interpolation == "nearest":
+    if args.interpolation == "nearest" and os.path.isfile(args.image):
+        # Label maps keep their pixel type (uint8 labels stay uint8).
         import SimpleITK as sitk
 
-        cast = sitk.ReadImage(args.image).GetPixelID() if os.path.isfile(args.image) else None
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(args.image)
+        reader.ReadImageInformation()
+        cast = reader.GetPixelID()
     write_image(out, args.output, dtype=cast)
     print(f"wrote {args.output}")
-    del original_dtype
     return EXIT_OK
 
 
