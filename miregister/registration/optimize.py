@@ -9,7 +9,7 @@ meaningful for all parameters together (SimpleITK calls this "parameter scales")
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch

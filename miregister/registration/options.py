@@ -28,7 +28,7 @@ class StageOptions:
     iterations : tuple of int
         Maximum optimiser iterations per level.
     samples : int
-        Fixed-image points sampled per level (random, seeded, jittered within voxels);
+        Fixed-image voxels sampled per level (random, seeded, at voxel centres);
         all voxels are used when the level has fewer. One sample set per level keeps the
         objective deterministic, which L-BFGS needs.
     control_spacing : float
@@ -125,7 +125,7 @@ class RegistrationOptions:
     optimizer : str
         ``"lbfgs"`` (deterministic objective per level, strong-Wolfe line search) or ``"adam"``.
     seed : int
-        Seed for every random choice (sampling, jitter); same seed, same result.
+        Seed for every random choice (voxel sampling, KNN subsample); same seed, same result.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` (CUDA when available).
     dtype : str

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..image import Image
 from ..warp import warp
 from .result import RegistrationResult
 

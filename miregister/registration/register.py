@@ -8,15 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import mi
 from ..image import Image
 from ..io import as_image, check_image
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
-from ..warp import resample, sample
+from ..warp import resample
 from .foreground import foreground_mask
 from .initialization import initial_centers
 from .levels import Level, LevelCache
-from .optimize import DenseDeformation, LevelProblem, RegistrationError, optimize_level
+from .optimize import DenseDeformation, LevelProblem, optimize_level
 from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
 from .result import RegistrationResult
 from .sampling import sample_points
