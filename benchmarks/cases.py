@@ -6,7 +6,8 @@ the convention of ITK and of :mod:`miregister`. The moving image is made so that
 
     moving(T(x)) = source(x)
 
-i.e. ``moving = source o T^-1``, resampled on the source's grid (``sitk.Resample`` with the
+i.e. ``moving = source o T^-1``, resampled on the source's grid (``sitk.Resample``, cubic
+B-spline by default, with the
 inverse of ``T``). A registration that recovers ``T`` exactly has zero error under
 :func:`mapping_error`, the mean Euclidean distance (mm) between the found and the true mapping
 over the fixed image's brain voxels.
@@ -222,13 +223,21 @@ def _padded(reference: sitk.Image, pad_voxels: int) -> sitk.Image:
     return out
 
 
-def _resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, nearest: bool = False) -> sitk.Image:
-    interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+# Interpolators that make the cases. Cubic B-spline is the default: linear resampling blurs by an
+# amount that varies with the sub-voxel position, a texture of the test data, not of anatomy, that
+# biased every method's optimum (ours by ~0.15 mm; see benchmarks/RESULTS.md, which reports both).
+CASE_INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear}
+
+
+def _resample(
+    image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, nearest: bool = False, interpolation: str = "bspline"
+) -> sitk.Image:
+    interp = sitk.sitkNearestNeighbor if nearest else CASE_INTERPOLATORS[interpolation]
     return sitk.Resample(image, reference, transform, interp, 0.0, image.GetPixelID())
 
 
 # ------------------------------------------------------------------------------ cases
-def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 0) -> Case:
+def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 0, interpolation: str = "bspline") -> Case:
     """Affine case: fixed = T1 (optionally on an oblique anisotropic grid), moving = T1 or
     T2-like through the known affine of :func:`known_affine`.
 
@@ -240,15 +249,17 @@ def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 
         Resample the fixed T1 onto :func:`oblique_grid` (1.8 x 1.8 x 3.0 mm, rotated 12 deg).
     seed : int
         Seed of :func:`known_affine`.
+    interpolation : {"bspline", "linear"}
+        SimpleITK interpolator that makes the moving (and oblique fixed) image.
     """
     matrix = known_affine(seed)
     t1, mask = load_source("t1"), load_source("mask")
     source = t1 if modality == "mono" else load_source("t2like")
     inverse = matrix_to_sitk(np.linalg.inv(matrix))
-    moving = _resample(source, source, inverse)
+    moving = _resample(source, source, inverse, interpolation=interpolation)
     if oblique:
         grid = oblique_grid(t1)
-        fixed = _resample(t1, grid, sitk.Transform(3, sitk.sitkIdentity))
+        fixed = _resample(t1, grid, sitk.Transform(3, sitk.sitkIdentity), interpolation=interpolation)
         fixed_mask = _resample(mask, grid, sitk.Transform(3, sitk.sitkIdentity), nearest=True)
     else:
         fixed, fixed_mask = t1, mask
@@ -263,11 +274,14 @@ def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 
         "mean_displacement_mm": float(np.linalg.norm(_apply(matrix, points) - points, axis=1).mean()),
         "fixed_spacing": fixed.GetSpacing(),
         "fixed_size": fixed.GetSize(),
+        "interpolation": interpolation,
     }
     return Case(name, fixed, moving, fixed_mask, points, _apply(matrix, points), matrix=matrix, info=info)
 
 
-def make_capture_case(degrees: float, axis, shift_mm: float, seed: int = 0, pad_voxels: int = 16) -> Case:
+def make_capture_case(
+    degrees: float, axis, shift_mm: float, seed: int = 0, pad_voxels: int = 16, interpolation: str = "bspline"
+) -> Case:
     """Capture-range case (mono T1): rotation ``degrees`` about ``axis``, translation
     ``shift_mm`` in a seeded diagonal-ish direction, and the known anisotropic scaling, all
     about the brain centre; the moving grid is padded by ``pad_voxels`` so the brain stays in
@@ -280,7 +294,7 @@ def make_capture_case(degrees: float, axis, shift_mm: float, seed: int = 0, pad_
     linear = rotation_about_axis(np.asarray(axis, dtype=float), degrees) @ np.diag(scales)
     matrix = affine_about_center(linear, shift_mm * direction, c)
     t1, mask = load_source("t1"), load_source("mask")
-    moving = _resample(t1, _padded(t1, pad_voxels), matrix_to_sitk(np.linalg.inv(matrix)))
+    moving = _resample(t1, _padded(t1, pad_voxels), matrix_to_sitk(np.linalg.inv(matrix)), interpolation=interpolation)
     points = mask_points(mask)
     info = {"rotation_deg": degrees, "axis": list(map(float, axis)), "shift_mm": shift_mm}
     return Case(f"capture-{degrees:g}deg-{shift_mm:g}mm", t1, moving, mask, points, _apply(matrix, points), matrix=matrix, info=info)
@@ -305,7 +319,9 @@ def jacobian_determinant(mapped: np.ndarray, image: sitk.Image) -> np.ndarray:
     return np.linalg.det(jac)
 
 
-def make_deformable_case(modality: str = "mono", seed: int = 0, mean_mm: float = 3.8, sigma_mm: float = 16.0) -> Case:
+def make_deformable_case(
+    modality: str = "mono", seed: int = 0, mean_mm: float = 3.8, sigma_mm: float = 16.0, interpolation: str = "bspline"
+) -> Case:
     """Deformable case: ``T(x) = x + u(x)``, a smooth seeded random field with mean |u| =
     ``mean_mm`` over the brain; moving = source resampled through the inverted field.
 
@@ -329,7 +345,7 @@ def make_deformable_case(modality: str = "mono", seed: int = 0, mean_mm: float =
         meanErrorToleranceThreshold=0.0001, enforceBoundaryCondition=False,
     )
     inverse_tx = sitk.DisplacementFieldTransform(sitk.Image(inverse_img))
-    moving = _resample(source, source, inverse_tx)
+    moving = _resample(source, source, inverse_tx, interpolation=interpolation)
 
     points_all = grid_points(t1)
     mapped = points_all + u

@@ -53,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
     reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
     reg.add_argument("--moving-mask", help="mask on the moving grid")
-    reg.add_argument("--bins", type=int, help="histogram bins of the MI metric (default 32)")
+    reg.add_argument("--bins", type=int, help="histogram bins of the MI metric (default 64)")
     reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")

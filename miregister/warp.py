@@ -28,13 +28,13 @@ and ``sitk.sitkBSpline``), computed here with mirror boundaries.
 from __future__ import annotations
 
 import functools
-import math
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cubic import bspline_prefilter, bspline_sample
 from .grid import Grid, apply_affine
 from .image import Image
 
@@ -49,8 +49,6 @@ Mode = Literal["linear", "nearest", "bspline"]
 #: points that lie exactly on the outermost voxel centres.
 INSIDE_TOLERANCE = 1e-3
 
-_BSPLINE_POLE = math.sqrt(3.0) - 2.0
-_BSPLINE_HALF_WIDTH = 24  # |pole|^24 ~ 2e-14: the truncated inverse filter is exact to float64 noise
 
 
 # ---------------------------------------------------------------------- helpers
@@ -91,88 +89,6 @@ def _broadcast_batch(moving: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
     raise ValueError(f"batch sizes of image ({bm}) and points/transform ({bc}) differ and neither is 1")
 
 
-def _mirror_indices(n: int, pad: int, device: torch.device) -> Tensor:
-    """Indices ``-pad .. n-1+pad`` folded into ``[0, n)`` by mirror symmetry (no edge repeat)."""
-    k = torch.arange(-pad, n + pad, device=device)
-    if n == 1:
-        return torch.zeros_like(k)
-    period = 2 * n - 2
-    k = torch.remainder(k, period)
-    return torch.where(k >= n, period - k, k)
-
-
-def bspline_prefilter(image: Tensor) -> Tensor:
-    """Cubic B-spline interpolation coefficients of ``image`` ``(B, C, *spatial)``.
-
-    Applies, along every spatial axis, the inverse of the sampled cubic B-spline
-    ``[1, 4, 1] / 6`` with mirror boundary conditions (as ``scipy.ndimage.spline_filter(order=3,
-    mode="mirror")``), so that cubic B-spline interpolation of the result passes through the
-    voxel values. Implemented as a separable convolution with the two-sided impulse response
-    ``sqrt(3) * z^|k|``, ``z = sqrt(3) - 2`` (Unser 1999, IEEE Signal Proc. Mag. 16(6)), truncated
-    where ``|z|^k`` falls below float64 precision. Differentiable; same dtype and device.
-    """
-    if not image.is_floating_point():
-        image = image.to(torch.float64)
-    k = torch.arange(-_BSPLINE_HALF_WIDTH, _BSPLINE_HALF_WIDTH + 1, dtype=torch.float64)
-    kernel = (math.sqrt(3.0) * _BSPLINE_POLE ** k.abs()).to(dtype=image.dtype, device=image.device).view(1, 1, -1)
-    out = image
-    for dim in range(2, image.dim()):
-        n = out.shape[dim]
-        moved = out.movedim(dim, -1)
-        extended = moved.index_select(-1, _mirror_indices(n, _BSPLINE_HALF_WIDTH, image.device))
-        filtered = F.conv1d(extended.reshape(-1, 1, extended.shape[-1]), kernel)
-        out = filtered.reshape(moved.shape).movedim(-1, dim)
-    return out
-
-
-def _bspline_weights(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Cubic B-spline weights of the 4 taps ``floor(x) - 1 .. floor(x) + 2`` for fraction ``t``."""
-    t2, t3 = t * t, t * t * t
-    w0 = (1.0 - t) ** 3 / 6.0
-    w1 = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
-    w2 = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
-    w3 = t3 / 6.0
-    return w0, w1, w2, w3
-
-
-def _bspline_sample(coefficients: Tensor, index: Tensor) -> Tensor:
-    """Evaluate cubic B-spline coefficients ``(B, C, *spatial)`` at continuous indices ``(B, P, D)``.
-
-    Indices are x-first. Taps beyond the image use mirror-extended coefficients (two voxels,
-    enough for any point with index in ``[-1, size]``; further points are clamped and must be
-    masked by the caller). Returns ``(B, C, P)``, differentiable in ``index``.
-    """
-    b, c = coefficients.shape[:2]
-    shape = coefficients.shape[2:]
-    d = len(shape)
-    pad = 2
-    padded = coefficients
-    for dim in range(2, 2 + d):  # mirror-extend every spatial axis by two voxels
-        padded = padded.index_select(dim, _mirror_indices(padded.shape[dim], pad, coefficients.device))
-    pshape = padded.shape[2:]
-    flat = padded.reshape(b, c, -1)
-
-    base = torch.floor(index.detach())
-    frac = index - base  # gradient flows through the fraction only
-    taps, weights = [], []
-    for axis in range(d):  # axis 0 is x, the last tensor dimension
-        size_p = pshape[d - 1 - axis]
-        stride = math.prod(pshape[d - axis:])
-        first = base[..., axis].long() - 1 + pad
-        taps.append([(first + j).clamp(0, size_p - 1) * stride for j in range(4)])
-        weights.append(_bspline_weights(frac[..., axis]))
-
-    out = torch.zeros(b, c, index.shape[1], dtype=coefficients.dtype, device=coefficients.device)
-    # Accumulate the 4^D taps one at a time: memory O(B C P), not O(B C P 4^D).
-    for combo in range(4 ** d):
-        js = [(combo // 4 ** axis) % 4 for axis in range(d)]
-        lin = sum(taps[axis][js[axis]] for axis in range(d))
-        w = math.prod(weights[axis][js[axis]] for axis in range(d)) if d else 1.0
-        values = torch.gather(flat, 2, lin.unsqueeze(1).expand(b, c, -1))
-        out = out + values * w.unsqueeze(1)
-    return out
-
-
 def _sample_normalized(
     moving: Tensor,
     moving_grid: Grid,
@@ -204,7 +120,7 @@ def _sample_normalized(
         coefficients = moving if prefiltered else bspline_prefilter(moving)
         to_index = moving_grid.normalized_to_index_matrix()
         index = apply_affine(to_index, coords.reshape(b, -1, d))
-        values = _bspline_sample(coefficients, index)
+        values = bspline_sample(coefficients, index)
     else:
         # grid_sample wants (B, *out_spatial, D) with len(out_spatial) == D; flatten to a line.
         sample_grid = coords if coords.dim() == d + 2 else coords.reshape(b, -1, *([1] * (d - 1)), d)

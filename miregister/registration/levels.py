@@ -1,12 +1,13 @@
 """Images of one pyramid level, cached so that stages sharing a schedule share the work."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..image import Image
 from ..pyramid import gaussian_smooth, shrink
+from ..cubic import bspline_prefilter
 
 __all__ = ["Level", "LevelCache"]
 
@@ -21,6 +22,13 @@ class Level:
     moving: Image
     fixed_mask: torch.Tensor | None
     moving_mask: torch.Tensor | None
+    _coefficients: torch.Tensor | None = field(default=None, repr=False)
+
+    def moving_coefficients(self) -> torch.Tensor:
+        """Cubic B-spline coefficients of ``moving`` ``(1, C, *shape)``, computed once per level."""
+        if self._coefficients is None:
+            self._coefficients = bspline_prefilter(self.moving.batch())
+        return self._coefficients
 
 
 class LevelCache:

@@ -77,7 +77,8 @@ class LevelProblem:
     fixed_weights : Tensor
         Sample weights ``(1, N)`` (fixed mask; 1 where unmasked).
     moving : Tensor
-        Moving level image ``(1, C, *shape)``.
+        Moving level image ``(1, C, *shape)``, or its cubic B-spline coefficients
+        (:func:`~miregister.cubic.bspline_prefilter`) when ``interpolation`` is ``"bspline"``.
     moving_grid : Grid
         Grid of ``moving``.
     fixed_range, moving_range : Tensor
@@ -92,6 +93,8 @@ class LevelProblem:
         For deformable stages: evaluate the deformation densely on the level grid.
     penalty_weight : float
         Weight of the deformation energy added to ``-MI``.
+    interpolation : str
+        ``"linear"`` or ``"bspline"`` sampling of ``moving``.
     """
 
     points: Tensor
@@ -106,6 +109,7 @@ class LevelProblem:
     moving_mask: Tensor | None = None
     dense: DenseDeformation | None = None
     penalty_weight: float = 0.0
+    interpolation: str = "linear"
 
     def _map(self, transform: nn.Module) -> tuple[Tensor, Tensor | None]:
         """Moved sample points ``(1, N, D)`` and, for dense stages, the level displacement field."""
@@ -119,7 +123,9 @@ class LevelProblem:
     def evaluate(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """MI (nats, ``(1,)``), overlap fraction, and penalty (0 for linear stages)."""
         moved, field = self._map(transform)
-        values, inside = sample(self.moving, self.moving_grid, moved)
+        values, inside = sample(
+            self.moving, self.moving_grid, moved, mode=self.interpolation, prefiltered=self.interpolation == "bspline"
+        )
         weights = self.fixed_weights * inside.to(self.fixed_weights.dtype)
         if self.moving_mask is not None:
             mask_values, _ = sample(self.moving_mask, self.moving_grid, moved)

@@ -228,9 +228,10 @@ def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed:
 
     problem = LevelProblem(
         points=points, fixed_values=fixed_values, fixed_weights=weights,
-        moving=moving.batch(), moving_grid=moving.grid, moving_mask=moving_mask,
+        moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
+        moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=opts.bins, radius=radius,
+        bins=opts.bins, radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
 

@@ -1,0 +1,159 @@
+"""Cubic B-spline interpolation of images: the prefilter and a fused sampler.
+
+``bspline_prefilter`` turns voxel values into B-spline coefficients (so that interpolation passes
+through the voxel values); ``bspline_sample`` evaluates the spline at continuous indices. The
+sampler is a custom autograd function: one gather of the 4^D taps per point, the value and its
+index gradient computed together, so that the metric of a registration (hundreds of thousands
+of points, hundreds of evaluations) pays a few tensor passes instead of a 64-node graph.
+Mirror boundaries throughout, as ``scipy.ndimage`` (``mode="mirror"``) and ``sitk.sitkBSpline``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["bspline_prefilter", "bspline_sample", "mirror_indices"]
+
+_POLE = math.sqrt(3.0) - 2.0
+_HALF_WIDTH = 24  # |pole|^24 ~ 2e-14: the truncated inverse filter is exact to float64 noise
+_PAD = 2  # taps of points with index in [-1, size] reach two voxels beyond the image
+_CHUNK = 1 << 18  # points per pass: bounds the (C, P, 4^D) tap buffer to ~67 MB in 3D float32
+
+
+def mirror_indices(n: int, pad: int, device: torch.device) -> Tensor:
+    """Indices ``-pad .. n-1+pad`` folded into ``[0, n)`` by mirror symmetry (no edge repeat)."""
+    k = torch.arange(-pad, n + pad, device=device)
+    if n == 1:
+        return torch.zeros_like(k)
+    period = 2 * n - 2
+    k = torch.remainder(k, period)
+    return torch.where(k >= n, period - k, k)
+
+
+def bspline_prefilter(image: Tensor) -> Tensor:
+    """Cubic B-spline interpolation coefficients of ``image`` ``(B, C, *spatial)``.
+
+    Applies, along every spatial axis, the inverse of the sampled cubic B-spline
+    ``[1, 4, 1] / 6`` with mirror boundary conditions (as ``scipy.ndimage.spline_filter(order=3,
+    mode="mirror")``), so that cubic B-spline interpolation of the result passes through the
+    voxel values. Implemented as a separable convolution with the two-sided impulse response
+    ``sqrt(3) * z^|k|``, ``z = sqrt(3) - 2`` (Unser 1999, IEEE Signal Proc. Mag. 16(6)), truncated
+    where ``|z|^k`` falls below float64 precision. Differentiable; same dtype and device.
+    """
+    if not image.is_floating_point():
+        image = image.to(torch.float64)
+    k = torch.arange(-_HALF_WIDTH, _HALF_WIDTH + 1, dtype=torch.float64)
+    kernel = (math.sqrt(3.0) * _POLE ** k.abs()).to(dtype=image.dtype, device=image.device).view(1, 1, -1)
+    out = image
+    for dim in range(2, image.dim()):
+        n = out.shape[dim]
+        moved = out.movedim(dim, -1)
+        extended = moved.index_select(-1, mirror_indices(n, _HALF_WIDTH, image.device))
+        filtered = F.conv1d(extended.reshape(-1, 1, extended.shape[-1]), kernel)
+        out = filtered.reshape(moved.shape).movedim(-1, dim)
+    return out
+
+
+def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Cubic B-spline weights ``(..., 4)`` of taps ``floor(x) - 1 .. floor(x) + 2`` and their derivatives."""
+    t2 = t * t
+    s = 1.0 - t
+    w = torch.stack((s * s * s, 3.0 * t2 * t - 6.0 * t2 + 4.0, -3.0 * t2 * t + 3.0 * t2 + 3.0 * t + 1.0, t2 * t), -1) / 6.0
+    dw = torch.stack((-0.5 * s * s, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2), -1)
+    return w, dw
+
+
+def _padded(coefficients: Tensor) -> Tensor:
+    padded = coefficients
+    for dim in range(2, coefficients.dim()):
+        padded = padded.index_select(dim, mirror_indices(padded.shape[dim], _PAD, coefficients.device))
+    return padded
+
+
+def _taps(index: Tensor, pshape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat tap indices ``(B, P, 4^D)`` into the padded volume, weights and weight derivatives ``(B, P, D, 4)``.
+
+    Tap order is row-major over ``(z, y, x)`` taps, i.e. the last tap axis is x (index axis 0).
+    """
+    d = index.shape[-1]
+    base = torch.floor(index)
+    w, dw = _weights(index - base)
+    offsets = torch.arange(-1, 3, device=index.device)
+    lin = torch.zeros(index.shape[:-1] + (1,) * d, dtype=torch.long, device=index.device)
+    for axis in range(d):  # axis 0 is x, the last tensor dimension
+        size = pshape[d - 1 - axis]
+        stride = math.prod(pshape[d - axis:])
+        taps = (base[..., axis].long()[..., None] + offsets + _PAD).clamp(0, size - 1) * stride
+        view = [1] * d
+        view[d - 1 - axis] = 4
+        lin = lin + taps.reshape(index.shape[:-1] + tuple(view))
+    return lin.reshape(index.shape[:-1] + (-1,)), w, dw
+
+
+def _contract(values: Tensor, factors: list[Tensor]) -> Tensor:
+    """Sum ``values (B, C, P, 4^D)`` against per-axis factors ``(B, P, 4)`` (x first)."""
+    d = len(factors)
+    out = values.reshape(values.shape[:3] + (4,) * d)
+    for axis in range(d):  # the last tap dimension is x, then y, then z
+        out = (out * factors[axis].reshape(factors[axis].shape[:2] + (1,) * (d - 1 - axis) + (4,)).unsqueeze(1)).sum(-1)
+    return out
+
+
+class _BSplineSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, padded: Tensor, index: Tensor) -> Tensor:  # noqa: D102 (autograd protocol)
+        b, c = padded.shape[:2]
+        pshape = tuple(padded.shape[2:])
+        d = len(pshape)
+        flat = padded.reshape(b, c, -1)
+        values_out, grads_out = [], []
+        for start in range(0, index.shape[1], _CHUNK):
+            part = index[:, start:start + _CHUNK]
+            lin, w, dw = _taps(part, pshape)
+            taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, part.shape[1], -1)
+            ws = [w[..., a, :] for a in range(d)]
+            values_out.append(_contract(taps, ws))
+            if ctx.needs_input_grad[1]:
+                grads_out.append(torch.stack(
+                    [_contract(taps, ws[:a] + [dw[..., a, :]] + ws[a + 1:]) for a in range(d)], -1
+                ))
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(torch.cat(grads_out, 2))
+        ctx.pshape, ctx.index = pshape, (index if ctx.needs_input_grad[0] else None)
+        return torch.cat(values_out, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102 (autograd protocol)
+        grad_padded = grad_index = None
+        if ctx.needs_input_grad[1]:
+            (spatial_grads,) = ctx.saved_tensors  # (B, C, P, D)
+            grad_index = (grad.unsqueeze(-1) * spatial_grads).sum(1)
+        if ctx.needs_input_grad[0]:
+            index, pshape = ctx.index, ctx.pshape
+            b, c = grad.shape[:2]
+            lin, w, _ = _taps(index, pshape)
+            d = len(pshape)
+            weight = w[..., d - 1, :]  # outer product of per-axis weights in (z, y, x) tap order
+            for axis in range(d - 2, -1, -1):
+                weight = (weight.unsqueeze(-1) * w[..., axis, None, :]).flatten(-2)
+            contrib = (grad.unsqueeze(-1) * weight.unsqueeze(1)).reshape(b, c, -1)
+            flat = torch.zeros(b, c, math.prod(pshape), dtype=grad.dtype, device=grad.device)
+            flat.scatter_add_(2, lin.reshape(b, 1, -1).expand(b, c, -1), contrib)
+            grad_padded = flat.reshape((b, c) + pshape)
+        return grad_padded, grad_index
+
+
+def bspline_sample(coefficients: Tensor, index: Tensor) -> Tensor:
+    """Evaluate cubic B-spline coefficients ``(B, C, *spatial)`` at continuous indices ``(B, P, D)``.
+
+    Indices are x-first (``(i, j[, k])``, voxel units). Taps beyond the image use
+    mirror-extended coefficients (two voxels, enough for any point with index in
+    ``[-1, size]``; further points are clamped and must be masked by the caller). Returns
+    ``(B, C, P)`` in the coefficients' dtype, differentiable in ``index`` (analytic spline
+    derivative) and in ``coefficients``.
+    """
+    index = index.to(coefficients.dtype)
+    return _BSplineSample.apply(_padded(coefficients), index)
