@@ -11,9 +11,17 @@ registration  ``register(fixed, moving)`` and its result
 """
 from __future__ import annotations
 
+from . import io, mi, transforms, warp
 from .grid import Grid
 from .image import Image
+from .io import read_image, write_image
+from .registration import RegistrationError, RegistrationResult, register
+from .transforms.io import read_transform, write_transform
 
 __version__ = "0.1.0"
 
-__all__ = ["Grid", "Image", "__version__"]
+__all__ = [
+    "Grid", "Image", "register", "RegistrationResult", "RegistrationError",
+    "read_image", "write_image", "read_transform", "write_transform",
+    "io", "mi", "transforms", "warp", "__version__",
+]

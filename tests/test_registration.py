@@ -186,3 +186,21 @@ def test_unknown_option_and_transform_are_refused():
         register(fixed, moving, "rigidd")
     with pytest.raises(ValueError, match="deformable stage must come last"):
         register(fixed, moving, "bspline+affine")
+
+
+def test_top_level_api_exposes_register_and_io():
+    import miregister
+    from miregister.registration import register as inner
+
+    assert miregister.register is inner
+    for name in ("read_image", "write_image", "read_transform", "write_transform", "mi", "io", "Grid", "Image"):
+        assert hasattr(miregister, name), name
+
+
+def test_unknown_interpolation_is_rejected_by_name():
+    import pytest as _pytest
+
+    from miregister.registration.options import build_options
+
+    with _pytest.raises(ValueError, match="interpolation"):
+        build_options(["affine"], interpolation="cubic")
