@@ -66,6 +66,8 @@ CAPTURE_GRID = [
     (30, (1, 0, 0), 20), (30, (0, 1, 0), 40), (30, (0, 0, 1), 0), (30, (1, 1, 1), 40),
     (45, (1, 0, 0), 0), (45, (0, 1, 0), 20), (45, (0, 0, 1), 40), (45, (1, -1, 1), 20),
 ]
+# Named miregister deformable runs beyond the plain transform names (``--deformable``).
+DEFORMABLE_VARIANTS = {"bspline-cubic": ("bspline", {"interpolation": "bspline", "iterations": (40, 30, 20)})}
 CAPTURE_QUICK = [CAPTURE_GRID[i] for i in (0, 4, 7, 10)]
 SUCCESS_MM = 1.0
 
@@ -284,7 +286,8 @@ def _methods(kind: str, args) -> list[tuple[str, Callable, dict]]:
                 out.append(("miregister affine", run_miregister, {"device": args.device}))
             else:
                 for t in args.deformable:
-                    out.append((f"miregister {t}", run_miregister, {"device": args.device, "transform": t}))
+                    transform, extra = DEFORMABLE_VARIANTS.get(t, (t, {}))
+                    out.append((f"miregister {t}", run_miregister, {"device": args.device, "transform": transform, **extra}))
         elif m == "simpleitk" and kind == "affine":
             out.append(("SimpleITK affine", run_simpleitk, {}))
         elif m == "ants":
@@ -517,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="affine,oblique,deformable",
                         help="comma list of affine, oblique, deformable, capture, verify")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list of {', '.join(ALL_METHODS)}")
-    parser.add_argument("--deformable", default="bspline,svf", help="miregister deformable transforms to run")
+    parser.add_argument("--deformable", default="bspline,bspline-cubic",
+                        help="miregister deformable runs: bspline, svf, bspline-cubic (cubic interpolation in the metric)")
     parser.add_argument("--quick", action="store_true", help="mono cases only, 4 capture cases")
     parser.add_argument("--device", default="cpu", help="miregister device (cpu, cuda, auto)")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and ITK (default: torch's)")

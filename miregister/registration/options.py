@@ -81,8 +81,8 @@ def default_stage_options(kind: str) -> StageOptions:
         return StageOptions()
     if kind == "bspline":
         return StageOptions(
-            shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(60, 60, 40),
-            samples=200_000, control_spacing=12.0, regularization=300.0, interpolation="linear",
+            shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(40, 30, 20),
+            samples=100_000, control_spacing=12.0, regularization=300.0, interpolation="linear",
         )
     if kind == "svf":
         return StageOptions(
