@@ -53,6 +53,7 @@ __all__ = [
     "make_affine_case",
     "make_deformable_case",
     "make_capture_case",
+    "upsample_case",
     "oblique_grid",
     "mapping_error",
     "jacobian_determinant",
@@ -366,6 +367,42 @@ def make_deformable_case(
     if det.min() <= 0:
         raise RuntimeError(f"the synthetic warp folds (min det J = {det.min():.3f}); lower mean_mm or raise sigma_mm")
     return Case(f"deformable-{modality}", t1, moving, mask, points, true_points, displacement=field_img, info=info)
+
+
+def upsample_case(case: Case, resolution_mm: float) -> Case:
+    """The same problem on finer fixed and moving grids (same field of view and directions).
+
+    Both images are resampled (cubic B-spline; the mask nearest-neighbour) onto grids whose
+    voxel centres include the old ones, plus one new voxel on each side: 2 mm 98 x 116 x 94 ->
+    1 mm 197 x 233 x 189, the size of the MNI152 1 mm template. The known mapping is unchanged:
+    linear cases keep their matrix; deformable ones evaluate their 2 mm field (linear
+    interpolation of a 16 mm-smooth field) at the new brain voxels. For timing full-resolution
+    registration (e.g. on a GPU); the content is no sharper than the 2 mm source.
+    """
+
+    def finer(image: sitk.Image, nearest: bool = False) -> sitk.Image:
+        factor = np.asarray(image.GetSpacing()) / resolution_mm
+        size = [int(round((n - 1) * f)) + 3 for n, f in zip(image.GetSize(), factor)]  # one new voxel each side
+        reference = sitk.Image(size, image.GetPixelID())
+        reference.SetSpacing([float(resolution_mm)] * 3)
+        reference.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-1.0 / f for f in factor]))
+        reference.SetDirection(image.GetDirection())
+        return _resample(image, reference, sitk.Transform(3, sitk.sitkIdentity), nearest=nearest)
+
+    fixed, moving, mask = finer(case.fixed), finer(case.moving), finer(case.fixed_mask, nearest=True)
+    points = mask_points(mask)
+    if case.matrix is not None:
+        true_points = _apply(case.matrix, points)
+        displacement = None
+    else:
+        field = sitk.TransformToDisplacementField(
+            case.true_transform(), sitk.sitkVectorFloat64, mask.GetSize(), mask.GetOrigin(), mask.GetSpacing(), mask.GetDirection()
+        )
+        true_points = points + sitk.GetArrayFromImage(field)[sitk.GetArrayViewFromImage(mask) > 0]
+        displacement = field
+    info = dict(case.info, resolution_mm=resolution_mm, fixed_size=fixed.GetSize())
+    return Case(f"{case.name}-{resolution_mm:g}mm", fixed, moving, mask, points, true_points,
+                matrix=case.matrix, displacement=displacement, info=info)
 
 
 # ------------------------------------------------------------------------------ metric
