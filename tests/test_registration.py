@@ -107,9 +107,9 @@ def test_bspline_2d_recovers_smooth_warp():
     before = mapping_error(lambda p: p, truth, points)
     result = register(fixed, moving, "bspline", control_spacing=16.0, knn_samples=2000)
     error = mapping_error(_found(result), truth, points)
-    # Deformable accuracy is still short of the peers (see benchmarks/RESULTS.md); this
-    # checks a clear gain without folding, not the final target.
-    assert error < 0.8 * before, f"error {error:.2f} mm, before {before:.2f} mm"
+    # Measured 2.50 -> 0.75 mm (2D multimodal slice, a 3 mm warp): at least a 60 % cut; the
+    # 3D accuracy targets are shown by benchmarks/registration.py against ANTs and elastix.
+    assert error < 0.4 * before, f"error {error:.2f} mm, before {before:.2f} mm"
     jac = result.validation["jacobian"]
     assert jac["folded_fraction"] == 0.0 and jac["min"] > 0
 
