@@ -64,6 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--samples", type=int, help="fixed-image samples per level")
     reg.add_argument("--control-spacing", type=float, metavar="MM", help="B-spline control spacing / SVF grid spacing in mm")
     reg.add_argument("--regularization", type=float, help="weight of the deformation penalty")
+    reg.add_argument("--interpolation", choices=("linear", "bspline"),
+                     help="how the metric samples the moving image (default: bspline for linear stages, "
+                          "linear for deformable ones; bspline is ~2x more accurate, ~3x slower there)")
     reg.add_argument("--transform-format", choices=("tfm", "mat", "h5"), default=None,
                      help="linear: tfm (default) or mat; deformable: h5 (default), with the displacement field also as NIfTI")
     reg.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
@@ -115,7 +118,7 @@ def _register(args: argparse.Namespace) -> int:
         "bins": args.bins, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
         "shrink_factors": args.shrink_factors, "smoothing_sigmas": args.smoothing_sigmas,
         "iterations": args.iterations, "samples": args.samples, "control_spacing": args.control_spacing,
-        "regularization": args.regularization,
+        "regularization": args.regularization, "interpolation": args.interpolation,
     }
     options = {k: v for k, v in options.items() if v is not None}
     result = register(
