@@ -301,3 +301,17 @@ def test_bspline_written_natively_and_inside_composites(tmp_path, ext):
         tx = sitk.ReadTransform(str(path))
         np.testing.assert_allclose(sitk_points(tx, points), ours_points(composite, points), atol=1e-8)
         assert [type(t) for t in read_transform(path).transforms] == [Affine, BSpline]
+
+
+def test_written_transform_files_follow_the_umask(tmp_path):
+    import os
+
+    from miregister.transforms import Affine, write_transform
+
+    old = os.umask(0o022)
+    try:
+        path = write_transform(Affine(3), tmp_path / "t.tfm")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tfm"]  # no staging left behind

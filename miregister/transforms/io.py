@@ -25,6 +25,7 @@ at a time with ``index=i``; without ``index`` it is an error. Files are written 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -127,15 +128,15 @@ def to_sitk(transform: SpatialTransform, reference: Grid | None = None, index: i
 def _atomic_write(path: Path, ext: str, write) -> None:
     """Call ``write(temporary_path)`` then move the file into place (no partial files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ext}", dir=path.parent)
-    os.close(fd)
+    # A private staging folder, not mkstemp: a file created there keeps the umask's permissions
+    # (mkstemp's 0600 would make transforms unreadable to the user's group, unlike images).
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        write(tmp)
+        tmp = staging / f"staged{ext}"
+        write(str(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_transform(
