@@ -93,13 +93,28 @@ def _taps(index: Tensor, pshape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tenso
     return lin.reshape(index.shape[:-1] + (-1,)), w, dw
 
 
-def _contract(values: Tensor, factors: list[Tensor]) -> Tensor:
-    """Sum ``values (B, C, P, 4^D)`` against per-axis factors ``(B, P, 4)`` (x first)."""
-    d = len(factors)
-    out = values.reshape(values.shape[:3] + (4,) * d)
-    for axis in range(d):  # the last tap dimension is x, then y, then z
-        out = (out * factors[axis].reshape(factors[axis].shape[:2] + (1,) * (d - 1 - axis) + (4,)).unsqueeze(1)).sum(-1)
-    return out
+def _contract(taps: Tensor, w: Tensor, dw: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Sum the taps ``(B, C, P, 4^D)`` against the per-axis weights ``(B, P, D, 4)``.
+
+    Returns the value ``(B, C, P)`` and, when ``dw`` is given, the index gradient
+    ``(B, C, P, D)``. Both come out of one pass: each axis is contracted against its weights and
+    their derivatives together (a (4 x 2) factor), so the variants multiply but the taps are read
+    once per axis.
+    """
+    b, c, p = taps.shape[:3]
+    d = w.shape[2]
+    factors = w.unsqueeze(-1) if dw is None else torch.stack((w, dw), -1)  # (B, P, D, 4, V)
+    out = taps.reshape(b, c, p, -1, 4, 1)  # (..., remaining taps, this axis' taps, variants)
+    for axis in range(d):  # the last tap dimension is x (axis 0), then y, then z
+        out = torch.einsum("bcprkv,bpkl->bcprvl", out, factors[:, :, axis])
+        out = out.reshape(b, c, p, out.shape[3] // 4 if axis < d - 1 else 1, 4 if axis < d - 1 else 1, -1)
+        if axis == d - 1:
+            out = out.reshape(b, c, p, -1)
+    value = out[..., 0]
+    if dw is None:
+        return value, None
+    # variant bits: axis a's derivative is bit (d - 1 - a) of the variant index
+    return value, torch.stack([out[..., 1 << (d - 1 - a)] for a in range(d)], -1)
 
 
 class _BSplineSample(torch.autograd.Function):
@@ -114,12 +129,10 @@ class _BSplineSample(torch.autograd.Function):
             part = index[:, start:start + _CHUNK]
             lin, w, dw = _taps(part, pshape)
             taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, part.shape[1], -1)
-            ws = [w[..., a, :] for a in range(d)]
-            values_out.append(_contract(taps, ws))
-            if ctx.needs_input_grad[1]:
-                grads_out.append(torch.stack(
-                    [_contract(taps, ws[:a] + [dw[..., a, :]] + ws[a + 1:]) for a in range(d)], -1
-                ))
+            value, gradient = _contract(taps, w, dw if ctx.needs_input_grad[1] else None)
+            values_out.append(value)
+            if gradient is not None:
+                grads_out.append(gradient)
         if ctx.needs_input_grad[1]:
             ctx.save_for_backward(torch.cat(grads_out, 2))
         ctx.pshape, ctx.index = pshape, (index if ctx.needs_input_grad[0] else None)
