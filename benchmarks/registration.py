@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="affine,oblique,deformable",
                         help="comma list of affine, oblique, deformable, capture, verify")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list of {', '.join(ALL_METHODS)}")
-    parser.add_argument("--deformable", default="bspline,bspline-cubic",
+    parser.add_argument("--deformable", default="bspline,bspline-cubic,svf",
                         help="miregister deformable runs: bspline, svf, bspline-cubic (cubic interpolation in the metric)")
     parser.add_argument("--quick", action="store_true", help="mono cases only, 4 capture cases")
     parser.add_argument("--device", default="cpu", help="miregister device (cpu, cuda, auto)")

@@ -122,7 +122,6 @@ class _BSplineSample(torch.autograd.Function):
     def forward(ctx, padded: Tensor, index: Tensor) -> Tensor:  # noqa: D102 (autograd protocol)
         b, c = padded.shape[:2]
         pshape = tuple(padded.shape[2:])
-        d = len(pshape)
         flat = padded.reshape(b, c, -1)
         values_out, grads_out = [], []
         for start in range(0, index.shape[1], _CHUNK):

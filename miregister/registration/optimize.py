@@ -46,22 +46,23 @@ class _Scaled(nn.Module):
 
 @dataclass
 class DenseDeformation:
-    """A deformable stage evaluated densely: ``T(x) = linear(x + u(x))``.
+    """A deformable stage: ``T(x) = linear(x + u(x))``, with its regulariser.
 
-    The displacement ``u`` is computed on the whole level grid with the deformation's fast
-    grid path (separable B-spline evaluation, or the SVF's integrated field) and gathered at
-    the sample voxels by flat index. The regulariser ``energy`` (a mean over voxels, so
-    independent of the grid's resolution) is evaluated on ``penalty_grid``, a grid at about
-    half the control spacing: fine enough to see the deformation's curvature, and 10-100x
-    cheaper than finite differences on the full-resolution grid.
+    With ``pointwise=False`` (B-splines) the displacement ``u`` is computed on the whole level
+    grid with the deformation's fast separable path and gathered at the sample voxels by flat
+    index. With ``pointwise=True`` (SVF) the deformation is evaluated at the sample points
+    only: its flow lives on a coarse grid, so interpolating it at 100k points is cheaper than
+    filling (and back-propagating through) the full-resolution grid. ``penalty`` computes the
+    regulariser (a scalar, a mean over voxels so independent of the grid's resolution) from the
+    deformation's current parameters; see ``register._deformation_penalty``.
     """
 
     linear: nn.Module
     deformation: nn.Module
     grid: Grid
     indices: Tensor
-    energy: Callable[[Tensor, Grid], Tensor] | None = None
-    penalty_grid: Grid | None = None
+    penalty: Callable[[], Tensor] | None = None
+    pointwise: bool = False
 
 
 @dataclass
@@ -111,18 +112,20 @@ class LevelProblem:
     penalty_weight: float = 0.0
     interpolation: str = "linear"
 
-    def _map(self, transform: nn.Module) -> tuple[Tensor, Tensor | None]:
-        """Moved sample points ``(1, N, D)`` and, for dense stages, the level displacement field."""
+    def _map(self, transform: nn.Module) -> Tensor:
+        """Moved sample points ``(1, N, D)`` in moving space (mm)."""
         if self.dense is None:
-            return transform(self.points), None
+            return transform(self.points)
+        if self.dense.pointwise:
+            return self.dense.linear(self.dense.deformation(self.points))
         d = self.points.shape[-1]
         field = self.dense.deformation.displacement_field(self.dense.grid, dtype=self.points.dtype)
         displacement = field.reshape(field.shape[0], -1, d)[:, self.dense.indices]
-        return self.dense.linear(self.points + displacement), field
+        return self.dense.linear(self.points + displacement)
 
     def evaluate(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """MI (nats, ``(1,)``), overlap fraction, and penalty (0 for linear stages)."""
-        moved, field = self._map(transform)
+        moved = self._map(transform)
         values, inside = sample(
             self.moving, self.moving_grid, moved, mode=self.interpolation, prefiltered=self.interpolation == "bspline"
         )
@@ -141,11 +144,8 @@ class LevelProblem:
             x_range=self.fixed_range, y_range=self.moving_range, validate=False,
         )
         penalty = torch.zeros((), dtype=value.dtype, device=value.device)
-        if field is not None and self.dense.energy is not None and self.penalty_weight > 0:
-            grid = self.dense.penalty_grid or self.dense.grid
-            if grid is not self.dense.grid:
-                field = self.dense.deformation.displacement_field(grid, dtype=self.points.dtype)
-            penalty = self.dense.energy(field, grid).sum()
+        if self.dense is not None and self.dense.penalty is not None and self.penalty_weight > 0:
+            penalty = self.dense.penalty()
         return value, overlap, penalty
 
     def metric(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor]:

@@ -34,7 +34,8 @@ class StageOptions:
     control_spacing : float
         B-spline control-point spacing (mm) at the finest level, or the SVF grid spacing.
     regularization : float
-        Weight of the bending energy (bspline) or diffusion (svf) penalty added to -MI.
+        Weight of the bending energy (bspline: of the displacement, mm^-2) or diffusion (svf: of
+        the velocity on its grid, dimensionless) penalty added to -MI (nats).
     interpolation : str
         How the metric samples the moving image: ``"bspline"`` (cubic B-spline, the default of
         linear stages: linear interpolation blurs by an amount that varies with the sub-voxel
@@ -86,8 +87,8 @@ def default_stage_options(kind: str) -> StageOptions:
         )
     if kind == "svf":
         return StageOptions(
-            shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(60, 60, 40),
-            samples=200_000, control_spacing=6.0, regularization=0.5, interpolation="linear",
+            shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(40, 30, 20),
+            samples=100_000, control_spacing=12.0, regularization=2.0, interpolation="linear",
         )
     raise ValueError(f"unknown transform {kind!r}; choose from {LINEAR_STAGES + DEFORMABLE_STAGES}")
 
