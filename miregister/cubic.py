@@ -18,7 +18,9 @@ from torch import Tensor
 __all__ = ["bspline_prefilter", "bspline_sample", "mirror_indices"]
 
 _POLE = math.sqrt(3.0) - 2.0
-_HALF_WIDTH = 24  # |pole|^24 ~ 2e-14: the truncated inverse filter is exact to float64 noise
+# Truncation of the prefilter's impulse response: |pole|^k falls below the dtype's precision
+# (|pole|^14 ~ 1e-8 for float32, |pole|^24 ~ 2e-14 for float64).
+_HALF_WIDTH = {torch.float16: 8, torch.bfloat16: 6, torch.float32: 14, torch.float64: 24}
 _PAD = 2  # taps of points with index in [-1, size] reach two voxels beyond the image
 _CHUNK = 1 << 18  # points per pass: bounds the (C, P, 4^D) tap buffer to ~67 MB in 3D float32
 
@@ -41,17 +43,18 @@ def bspline_prefilter(image: Tensor) -> Tensor:
     mode="mirror")``), so that cubic B-spline interpolation of the result passes through the
     voxel values. Implemented as a separable convolution with the two-sided impulse response
     ``sqrt(3) * z^|k|``, ``z = sqrt(3) - 2`` (Unser 1999, IEEE Signal Proc. Mag. 16(6)), truncated
-    where ``|z|^k`` falls below float64 precision. Differentiable; same dtype and device.
+    where ``|z|^k`` falls below the dtype's precision. Differentiable; same dtype and device.
     """
     if not image.is_floating_point():
         image = image.to(torch.float64)
-    k = torch.arange(-_HALF_WIDTH, _HALF_WIDTH + 1, dtype=torch.float64)
+    half_width = _HALF_WIDTH.get(image.dtype, 24)
+    k = torch.arange(-half_width, half_width + 1, dtype=torch.float64)
     kernel = (math.sqrt(3.0) * _POLE ** k.abs()).to(dtype=image.dtype, device=image.device).view(1, 1, -1)
     out = image
     for dim in range(2, image.dim()):
         n = out.shape[dim]
         moved = out.movedim(dim, -1)
-        extended = moved.index_select(-1, mirror_indices(n, _HALF_WIDTH, image.device))
+        extended = moved.index_select(-1, mirror_indices(n, half_width, image.device))
         filtered = F.conv1d(extended.reshape(-1, 1, extended.shape[-1]), kernel)
         out = filtered.reshape(moved.shape).movedim(-1, dim)
     return out
