@@ -12,7 +12,6 @@ border voxel ("border" padding), so the flow stays defined everywhere.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -21,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..grid import Grid
+from ..pyramid import gaussian_smooth
 from .base import SpatialTransform
 
-__all__ = ["SVF", "sample_field", "integrate_velocity", "gaussian_smooth"]
+__all__ = ["SVF", "sample_field", "integrate_velocity"]
 
 
 def sample_field(field: Tensor, grid: Grid, points: Tensor) -> Tensor:
@@ -86,32 +86,6 @@ def integrate_velocity(velocity: Tensor, grid: Grid, steps: int) -> Tensor:
             displacement, where, mode="bilinear", padding_mode="border", align_corners=True
         )
     return displacement
-
-
-def gaussian_smooth(field: Tensor, grid: Grid, sigma: float | Sequence[float]) -> Tensor:
-    """Separable Gaussian smoothing of ``(B, C, *grid.shape)`` with ``sigma`` in mm (per axis, ITK order).
-
-    Kernels are truncated at 3 sigma and renormalised at the borders (edge-replicating padding).
-    """
-    ndim = grid.ndim
-    sigmas = (float(sigma),) * ndim if np.ndim(sigma) == 0 else tuple(float(s) for s in sigma)
-    out = field
-    for k in range(ndim):
-        s = sigmas[k] / grid.spacing[k]  # voxels along ITK axis k
-        if s <= 0:
-            continue
-        radius = max(1, int(math.ceil(3.0 * s)))
-        x = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
-        kernel = torch.exp(-0.5 * (x / s) ** 2)
-        kernel = kernel / kernel.sum()
-        dim = 2 + ndim - 1 - k
-        moved = torch.movedim(out, dim, -1)
-        shape = moved.shape
-        line = moved.reshape(-1, 1, shape[-1])
-        line = F.pad(line, (radius, radius), mode="replicate")
-        line = F.conv1d(line, kernel.view(1, 1, -1))
-        out = torch.movedim(line.reshape(shape), -1, dim)
-    return out
 
 
 class SVF(SpatialTransform):
@@ -185,7 +159,7 @@ class SVF(SpatialTransform):
         """Velocity on :attr:`grid`, after smoothing: ``(B, D, *grid.shape)`` in mm."""
         velocity = self.velocity
         if float(np.max(self.smoothing)) > 0:
-            velocity = gaussian_smooth(velocity, self.velocity_grid, self.smoothing)
+            velocity = gaussian_smooth(velocity, self.smoothing, self.velocity_grid, truncate=3.0)
         if self.velocity_grid is not self.grid and not self.velocity_grid.same_as(self.grid):
             points = self.grid.points(velocity.dtype, velocity.device)[None]
             velocity = torch.movedim(sample_field(velocity, self.velocity_grid, points), -1, 1)
