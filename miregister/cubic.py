@@ -15,24 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bspline_prefilter", "bspline_sample", "mirror_indices"]
+__all__ = ["bspline_prefilter", "bspline_sample", "cubic_bspline_weights", "mirror_indices"]
 
 _POLE = math.sqrt(3.0) - 2.0
 # Truncation of the prefilter's impulse response: |pole|^k falls below the dtype's precision
 # (|pole|^14 ~ 1e-8 for float32, |pole|^24 ~ 2e-14 for float64).
 _HALF_WIDTH = {torch.float16: 8, torch.bfloat16: 6, torch.float32: 14, torch.float64: 24}
-_PAD = 2  # taps of points with index in [-1, size] reach two voxels beyond the image
 _CHUNK = 1 << 18  # points per pass: bounds the (C, P, 4^D) tap buffer to ~67 MB in 3D float32
 
 
 def mirror_indices(n: int, pad: int, device: torch.device) -> Tensor:
     """Indices ``-pad .. n-1+pad`` folded into ``[0, n)`` by mirror symmetry (no edge repeat)."""
-    k = torch.arange(-pad, n + pad, device=device)
-    if n == 1:
-        return torch.zeros_like(k)
-    period = 2 * n - 2
-    k = torch.remainder(k, period)
-    return torch.where(k >= n, period - k, k)
+    return _mirror(torch.arange(-pad, n + pad, device=device), n)
 
 
 def bspline_prefilter(image: Tensor) -> Tensor:
@@ -60,25 +54,50 @@ def bspline_prefilter(image: Tensor) -> Tensor:
     return out
 
 
+def cubic_bspline_weights(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Uniform cubic B-spline weights of the 4 control points around a cell.
+
+    Parameters
+    ----------
+    t : Tensor
+        Fractional position in the cell, ``c - floor(c)`` in ``[0, 1]`` (any shape).
+
+    Returns
+    -------
+    tuple of Tensor
+        Weights of the control points at ``floor(c) - 1, floor(c), floor(c) + 1, floor(c) + 2``;
+        they sum to 1.
+    """
+    t2 = t * t
+    t3 = t2 * t
+    w0 = (1.0 - t) ** 3 / 6.0
+    w1 = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
+    w2 = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
+    w3 = t3 / 6.0
+    return w0, w1, w2, w3
+
+
 def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Cubic B-spline weights ``(..., 4)`` of taps ``floor(x) - 1 .. floor(x) + 2`` and their derivatives."""
+    """:func:`cubic_bspline_weights` stacked ``(..., 4)``, and their derivatives in ``t``."""
     t2 = t * t
     s = 1.0 - t
-    w = torch.stack((s * s * s, 3.0 * t2 * t - 6.0 * t2 + 4.0, -3.0 * t2 * t + 3.0 * t2 + 3.0 * t + 1.0, t2 * t), -1) / 6.0
     dw = torch.stack((-0.5 * s * s, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2), -1)
-    return w, dw
+    return torch.stack(cubic_bspline_weights(t), -1), dw
 
 
-def _padded(coefficients: Tensor) -> Tensor:
-    padded = coefficients
-    for dim in range(2, coefficients.dim()):
-        padded = padded.index_select(dim, mirror_indices(padded.shape[dim], _PAD, coefficients.device))
-    return padded
+def _mirror(k: Tensor, n: int) -> Tensor:
+    """Fold integer indices ``k`` into ``[0, n)`` by mirror symmetry (no edge repeat)."""
+    if n == 1:
+        return torch.zeros_like(k)
+    period = 2 * n - 2
+    k = torch.remainder(k, period)
+    return torch.where(k >= n, period - k, k)
 
 
-def _taps(index: Tensor, pshape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Flat tap indices ``(B, P, 4^D)`` into the padded volume, weights and weight derivatives ``(B, P, D, 4)``.
+def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat tap indices ``(B, P, 4^D)`` into the volume, weights and weight derivatives ``(B, P, D, 4)``.
 
+    Taps beyond the image are mirrored back into it (as ``scipy.ndimage`` ``mode="mirror"``).
     Tap order is row-major over ``(z, y, x)`` taps, i.e. the last tap axis is x (index axis 0).
     """
     d = index.shape[-1]
@@ -87,9 +106,9 @@ def _taps(index: Tensor, pshape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tenso
     offsets = torch.arange(-1, 3, device=index.device)
     lin = torch.zeros(index.shape[:-1] + (1,) * d, dtype=torch.long, device=index.device)
     for axis in range(d):  # axis 0 is x, the last tensor dimension
-        size = pshape[d - 1 - axis]
-        stride = math.prod(pshape[d - axis:])
-        taps = (base[..., axis].long()[..., None] + offsets + _PAD).clamp(0, size - 1) * stride
+        size = shape[d - 1 - axis]
+        stride = math.prod(shape[d - axis:])
+        taps = _mirror(base[..., axis].long()[..., None] + offsets, size) * stride
         view = [1] * d
         view[d - 1 - axis] = 4
         lin = lin + taps.reshape(index.shape[:-1] + tuple(view))
@@ -109,10 +128,10 @@ def _contract(taps: Tensor, w: Tensor, dw: Tensor | None) -> tuple[Tensor, Tenso
     factors = w.unsqueeze(-1) if dw is None else torch.stack((w, dw), -1)  # (B, P, D, 4, V)
     out = taps.reshape(b, c, p, -1, 4, 1)  # (..., remaining taps, this axis' taps, variants)
     for axis in range(d):  # the last tap dimension is x (axis 0), then y, then z
-        out = torch.einsum("bcprkv,bpkl->bcprvl", out, factors[:, :, axis])
-        out = out.reshape(b, c, p, out.shape[3] // 4 if axis < d - 1 else 1, 4 if axis < d - 1 else 1, -1)
-        if axis == d - 1:
-            out = out.reshape(b, c, p, -1)
+        out = torch.einsum("bcprkv,bpkl->bcprvl", out, factors[:, :, axis]).flatten(-2)
+        if axis < d - 1:
+            out = out.reshape(b, c, p, -1, 4, out.shape[-1])
+    out = out.reshape(b, c, p, -1)
     value = out[..., 0]
     if dw is None:
         return value, None
@@ -122,14 +141,14 @@ def _contract(taps: Tensor, w: Tensor, dw: Tensor | None) -> tuple[Tensor, Tenso
 
 class _BSplineSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, padded: Tensor, index: Tensor) -> Tensor:  # noqa: D102 (autograd protocol)
-        b, c = padded.shape[:2]
-        pshape = tuple(padded.shape[2:])
-        flat = padded.reshape(b, c, -1)
+    def forward(ctx, coefficients: Tensor, index: Tensor) -> Tensor:  # noqa: D102 (autograd protocol)
+        b, c = coefficients.shape[:2]
+        shape = tuple(coefficients.shape[2:])
+        flat = coefficients.reshape(b, c, -1)
         values_out, grads_out = [], []
         for start in range(0, index.shape[1], _CHUNK):
             part = index[:, start:start + _CHUNK]
-            lin, w, dw = _taps(part, pshape)
+            lin, w, dw = _taps(part, shape)
             taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, part.shape[1], -1)
             value, gradient = _contract(taps, w, dw if ctx.needs_input_grad[1] else None)
             values_out.append(value)
@@ -137,38 +156,38 @@ class _BSplineSample(torch.autograd.Function):
                 grads_out.append(gradient)
         if ctx.needs_input_grad[1]:
             ctx.save_for_backward(torch.cat(grads_out, 2))
-        ctx.pshape, ctx.index = pshape, (index if ctx.needs_input_grad[0] else None)
+        ctx.shape, ctx.index = shape, (index if ctx.needs_input_grad[0] else None)
         return torch.cat(values_out, 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102 (autograd protocol)
-        grad_padded = grad_index = None
+        grad_coefficients = grad_index = None
         if ctx.needs_input_grad[1]:
             (spatial_grads,) = ctx.saved_tensors  # (B, C, P, D)
             grad_index = (grad.unsqueeze(-1) * spatial_grads).sum(1)
         if ctx.needs_input_grad[0]:
-            index, pshape = ctx.index, ctx.pshape
+            index, shape = ctx.index, ctx.shape
             b, c = grad.shape[:2]
-            lin, w, _ = _taps(index, pshape)
-            d = len(pshape)
+            lin, w, _ = _taps(index, shape)
+            d = len(shape)
             weight = w[..., d - 1, :]  # outer product of per-axis weights in (z, y, x) tap order
             for axis in range(d - 2, -1, -1):
                 weight = (weight.unsqueeze(-1) * w[..., axis, None, :]).flatten(-2)
             contrib = (grad.unsqueeze(-1) * weight.unsqueeze(1)).reshape(b, c, -1)
-            flat = torch.zeros(b, c, math.prod(pshape), dtype=grad.dtype, device=grad.device)
+            flat = torch.zeros(b, c, math.prod(shape), dtype=grad.dtype, device=grad.device)
             flat.scatter_add_(2, lin.reshape(b, 1, -1).expand(b, c, -1), contrib)
-            grad_padded = flat.reshape((b, c) + pshape)
-        return grad_padded, grad_index
+            grad_coefficients = flat.reshape((b, c) + shape)
+        return grad_coefficients, grad_index
 
 
 def bspline_sample(coefficients: Tensor, index: Tensor) -> Tensor:
     """Evaluate cubic B-spline coefficients ``(B, C, *spatial)`` at continuous indices ``(B, P, D)``.
 
     Indices are x-first (``(i, j[, k])``, voxel units). Taps beyond the image use
-    mirror-extended coefficients (two voxels, enough for any point with index in
-    ``[-1, size]``; further points are clamped and must be masked by the caller). Returns
+    mirror-extended coefficients (exact for points with index in ``[-1, size]``; values
+    further out are mirror images and must be masked by the caller). Returns
     ``(B, C, P)`` in the coefficients' dtype, differentiable in ``index`` (analytic spline
     derivative) and in ``coefficients``.
     """
     index = index.to(coefficients.dtype)
-    return _BSplineSample.apply(_padded(coefficients), index)
+    return _BSplineSample.apply(coefficients, index)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cubic import cubic_bspline_weights
 from ..grid import Grid, apply_affine
 from .base import SpatialTransform
 
@@ -37,29 +38,6 @@ _CHUNK = 1 << 18
 
 
 # ---------------------------------------------------------------------------------- helpers
-def cubic_bspline_weights(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Uniform cubic B-spline weights of the 4 control points around a cell.
-
-    Parameters
-    ----------
-    t : Tensor
-        Fractional position in the cell, ``c - floor(c)`` in ``[0, 1]`` (any shape).
-
-    Returns
-    -------
-    tuple of Tensor
-        Weights of the control points at ``floor(c) - 1, floor(c), floor(c) + 1, floor(c) + 2``;
-        they sum to 1.
-    """
-    t2 = t * t
-    t3 = t2 * t
-    w0 = (1.0 - t) ** 3 / 6.0
-    w1 = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
-    w2 = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
-    w3 = t3 / 6.0
-    return w0, w1, w2, w3
-
-
 def _as_spacing(control_spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
     if np.ndim(control_spacing) == 0:  # also numpy / torch scalars
         spacing = (float(control_spacing),) * ndim
