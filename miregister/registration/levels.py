@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..cubic import bspline_prefilter
 from ..image import Image
 from ..pyramid import gaussian_smooth, shrink
-from ..cubic import bspline_prefilter
 
 __all__ = ["Level", "LevelCache"]
 

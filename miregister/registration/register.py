@@ -316,7 +316,7 @@ def _rotation_search(transform: SpatialTransform, level: Level, stage: StageOpti
         transform.load_state_dict(best.to(transform.center.device).state_dict())
 
 
-def _deformation_penalty(deformation: SpatialTransform, grid: Grid, control_spacing: float):
+def _deformation_penalty(deformation: SpatialTransform, grid: Grid, control_spacing: float, dtype: torch.dtype):
     """The regulariser of a deformable stage, as a closure over the deformation's parameters.
 
     B-spline: bending energy of the displacement on a grid at half the control spacing (fine
@@ -330,7 +330,7 @@ def _deformation_penalty(deformation: SpatialTransform, grid: Grid, control_spac
     if isinstance(deformation, SVF):
         return lambda: diffusion(torch.movedim(deformation.dense_velocity(), 1, -1), deformation.grid).sum()
     penalty_grid = grid.with_spacing([max(s, control_spacing / 2) for s in grid.spacing])
-    return lambda: bending_energy(deformation.displacement_field(penalty_grid), penalty_grid).sum()
+    return lambda: bending_energy(deformation.displacement_field(penalty_grid, dtype=dtype), penalty_grid).sum()
 
 
 def _run_deformable(
@@ -356,7 +356,7 @@ def _run_deformable(
         field_grid = fixed.grid.with_spacing([max(s, stage.control_spacing) for s in fixed.grid.spacing])
         deformation = SVF(field_grid).to(device=device, dtype=dtype)
     composite = Composite([linear, deformation])
-    penalty = _deformation_penalty(deformation, fixed.grid, stage.control_spacing)
+    penalty = _deformation_penalty(deformation, fixed.grid, stage.control_spacing, dtype)
 
     def dense_factory(level: Level, indices: torch.Tensor) -> DenseDeformation:
         return DenseDeformation(linear, deformation, level.fixed.grid, indices, penalty, pointwise=kind == "svf")
