@@ -52,9 +52,8 @@ from miregister.registration import register
 from miregister.regularizers import jacobian_determinant
 from miregister.warp import resample
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_OUT = Path(__file__).resolve().parent / "output"
-LABELS = {1: "CSF", 2: "GM", 3: "WM"}
+from _common import DATA, DEFAULT_OUT, LABELS, central_slices, dice_per_label
+
 SLICE_INDEX = 47  # the axial slice of data/*_slice.nii.gz
 
 
@@ -130,19 +129,6 @@ def make_case(two_d: bool, seed: int = 0) -> Case:
     moving = sitk.Resample(t2, t1, to_moving, sitk.sitkLinear, 0.0)
     moving_labels = sitk.Resample(labels, t1, to_moving, sitk.sitkNearestNeighbor, 0)
     return Case(t1, moving, labels, moving_labels, true_field)
-
-
-def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    """Dice overlap ``2 |A n B| / (|A| + |B|)`` of each label."""
-    return {k: float(2 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k))) for k in LABELS}
-
-
-def central_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """The 2D image itself, or axial, coronal and sagittal slices through a volume's centre."""
-    if volume.ndim == 2:
-        return [volume]
-    z, y, x = (n // 2 for n in volume.shape)
-    return [volume[z], volume[:, y, :], volume[:, :, x]]
 
 
 def plot(true_det: np.ndarray, found_det: np.ndarray, brain: np.ndarray, before: dict, after: dict, path: Path) -> None:

@@ -45,7 +45,8 @@ import torch
 
 from miregister import mi
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "output"
+from _common import DEFAULT_OUT
+
 #: Sample size of the estimate-vs-rho panel and the printed table.
 N_REF = 4096
 

@@ -51,9 +51,8 @@ from miregister.io import as_image
 from miregister.registration import register
 from miregister.warp import resample
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_OUT = Path(__file__).resolve().parent / "output"
-LABELS = {1: "CSF", 2: "GM", 3: "WM"}
+from _common import DATA, DEFAULT_OUT, LABELS, central_slices, dice_per_label
+
 LABEL_COLORS = ListedColormap(["none", "gold", "tab:blue", "tab:green"])
 
 
@@ -65,17 +64,6 @@ def true_subject_labels(labels: sitk.Image, reference: sitk.Image) -> sitk.Image
     moved.SetRotation((0.2, 0.3, 0.93), float(np.deg2rad(10.0)))
     moved.SetTranslation((8.0, -6.0, 4.0))
     return sitk.Resample(labels, reference, moved.GetInverse(), sitk.sitkNearestNeighbor, 0)
-
-
-def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    """Dice overlap ``2 |A n B| / (|A| + |B|)`` of each label."""
-    return {k: float(2 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k))) for k in LABELS}
-
-
-def central_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal and sagittal slices through the centre of a ``(Z, Y, X)`` volume."""
-    z, y, x = (n // 2 for n in volume.shape)
-    return [volume[z], volume[:, y, :], volume[:, :, x]]
 
 
 def plot(subject: np.ndarray, labels: np.ndarray, differ: np.ndarray, path: Path) -> None:

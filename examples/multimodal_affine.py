@@ -44,20 +44,10 @@ from miregister.io import as_image
 from miregister.registration import register
 from miregister.warp import resample
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_OUT = Path(__file__).resolve().parent / "output"
+from _common import DATA, DEFAULT_OUT, central_slices, known_motion
+
 #: T2-like intensities (uint8 scale) outlining the brain (background ~5) and CSF (~150).
 CONTOUR_LEVELS = (30.0, 125.0)
-
-
-def known_transform(reference: sitk.Image) -> sitk.VersorRigid3DTransform:
-    """The fixed -> moving transform that made the moved T2-like image (data/README.md)."""
-    center = reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in reference.GetSize()])
-    transform = sitk.VersorRigid3DTransform()
-    transform.SetCenter(center)
-    transform.SetRotation((0.2, 0.3, 0.93), float(np.deg2rad(10.0)))
-    transform.SetTranslation((8.0, -6.0, 4.0))
-    return transform
 
 
 def apply_sitk_affine(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
@@ -65,12 +55,6 @@ def apply_sitk_affine(transform: sitk.Transform, points: np.ndarray) -> np.ndarr
     a = np.asarray(transform.GetMatrix()).reshape(3, 3)
     c, t = np.asarray(transform.GetCenter()), np.asarray(transform.GetTranslation())
     return (points - c) @ a.T + c + t
-
-
-def central_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal and sagittal slices through the centre of a ``(Z, Y, X)`` volume."""
-    z, y, x = (n // 2 for n in volume.shape)
-    return [volume[z], volume[:, y, :], volume[:, :, x]]
 
 
 def plot_overlay(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, path: Path) -> None:
@@ -100,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fixed_sitk = sitk.ReadImage(str(DATA / "mni152_t1_2mm.nii.gz"), sitk.sitkFloat32)
     moving_sitk = sitk.ReadImage(str(DATA / "mni152_t2like_moved_2mm.nii.gz"), sitk.sitkFloat32)
     brain_sitk = sitk.ReadImage(str(DATA / "mni152_brainmask_2mm.nii.gz"))
-    truth = known_transform(fixed_sitk)
+    truth = known_motion(fixed_sitk)
     options: dict = {}
     if args.quick:
         fixed_sitk, moving_sitk = sitk.BinShrink(fixed_sitk, [2] * 3), sitk.BinShrink(moving_sitk, [2] * 3)

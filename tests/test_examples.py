@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 DATA = ROOT / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+sys.path.insert(0, str(EXAMPLES))  # as when a script runs: its folder (with _common.py) is importable
 
 
 def _load(name: str) -> ModuleType:
