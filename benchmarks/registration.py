@@ -481,15 +481,19 @@ def _fmt_time(row: dict[str, Any]) -> str:
     return f"{row['time']:.1f}" if "time" in row else ""
 
 
+def _variant(args) -> str:
+    """What sets this run apart from the headline one, e.g. `` (linear-resampled cases)``: it
+    names both the RESULTS.md section and its title, so variants never overwrite each other."""
+    out = "" if args.case_interpolation == "bspline" else f" ({args.case_interpolation}-resampled cases)"
+    if args.resolution != 2.0 or args.device != "cpu":
+        out += f" ({args.resolution:g} mm, {args.device})"
+    return out
+
+
 def markdown(accuracy: list[dict], capture: list[dict], args, notes: list[str]) -> str:
     from results_file import machine_description
 
-    title = "Registration: accuracy and speed against SimpleITK, ANTsPy and elastix"
-    if args.case_interpolation != "bspline":
-        title += f" ({args.case_interpolation}-resampled cases)"
-    if args.resolution != 2.0 or args.device != "cpu":
-        title += f" ({args.resolution:g} mm cases, miregister on {args.device})"
-    lines = [f"## {title}", ""]
+    lines = [f"## Registration: accuracy and speed against SimpleITK, ANTsPy and elastix{_variant(args)}", ""]
     lines.append(f"Machine: {machine_description()}.")
     lines.append("")
     lines.append(
@@ -622,10 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from results_file import write_section
 
-        suffix = "" if args.case_interpolation == "bspline" else f" ({args.case_interpolation}-resampled cases)"
-        if args.resolution != 2.0 or args.device != "cpu":
-            suffix += f" ({args.resolution:g} mm, {args.device})"
-        write_section("registration" + suffix, text)
+        write_section("registration" + _variant(args), text)
     return 0
 
 
