@@ -24,6 +24,8 @@ __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "RegistrationEr
 
 # Parameters whose unit is dimensionless (radians, matrix entries, log-scale): scaled by radius.
 _ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
+#: Fraction of the fixed samples that must map inside the moving image for a usable metric.
+MIN_OVERLAP = 0.02
 
 
 class RegistrationError(ValueError):
@@ -134,7 +136,7 @@ class LevelProblem:
             mask_values, _ = sample(self.moving_mask, self.moving_grid, moved)
             weights = weights * mask_values[:, 0]
         overlap = weights.sum() / self.fixed_weights.sum()
-        if check_overlap and float(overlap) < 0.02:
+        if check_overlap and float(overlap) < MIN_OVERLAP:
             raise RegistrationError(
                 f"the images do not overlap: only {100 * float(overlap):.2f}% of the fixed samples map inside "
                 "the moving image; check the images' origins/directions or initialise differently"
@@ -154,8 +156,16 @@ class LevelProblem:
         return value, overlap
 
     def loss(self, transform: nn.Module) -> Tensor:
-        """``-MI + penalty_weight * penalty`` (a scalar)."""
-        value, _, penalty = self.evaluate(transform)
+        """``-MI + penalty_weight * penalty`` (a scalar).
+
+        A transform that maps fewer than ``MIN_OVERLAP`` of the samples into the moving image
+        gets loss 0 with no gradient (worse than any real alignment, whose ``-MI`` < 0) instead
+        of an error: L-BFGS's line search may try such a far step and must be able to back off.
+        Where a level starts or ends that far off, :meth:`metric` raises.
+        """
+        value, overlap, penalty = self.evaluate(transform, check_overlap=False)
+        if float(overlap) < MIN_OVERLAP:
+            return torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
         return -value.sum() + self.penalty_weight * penalty
 
 

@@ -204,6 +204,17 @@ def _initial_transform(
 
 
 # ------------------------------------------------------------------------------ levels
+def _level_bins(bins: int, samples: int) -> int:
+    """Histogram bins for a level with ``samples`` points: ``bins``, capped at ``sqrt(samples)`` (>= 8).
+
+    With fewer samples than joint-histogram cells the soft-binned MI is mostly sampling noise and
+    its landscape turns chaotic: on a 2D slice's coarsest level (~400 samples, 64 bins) a 1e-5
+    relative change of the input flipped the level's optimum and 4 of 60 seeded 2D registrations
+    ended ~1 mm off; with the cap, none did. 3D levels (thousands of samples) keep ``bins``.
+    """
+    return int(min(bins, max(8, math.isqrt(samples))))
+
+
 def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed: int) -> tuple[LevelProblem, torch.Tensor]:
     """Sample the fixed level image and gather what the metric needs (and the sample indices).
 
@@ -232,7 +243,7 @@ def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed:
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=opts.bins, radius=radius, interpolation=stage.interpolation,
+        bins=_level_bins(opts.bins, int(points.shape[1])), radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
 
@@ -267,7 +278,7 @@ def _run_levels(
         history.append({
             "stage": kind, "level": level_index, "shrink_factor": factor, "smoothing_sigma_mm": sigma,
             "grid_size": list(level.fixed.grid.size), "spacing_mm": list(level.fixed.grid.spacing),
-            "samples": int(problem.points.shape[1]), "evaluations": len(values),
+            "samples": int(problem.points.shape[1]), "bins": problem.bins, "evaluations": len(values),
             "mi_start": float(initial[0]), "mi_end": float(final[0]), "overlap": float(overlap),
             "objective": values, "seconds": time.perf_counter() - level_start,
         })
