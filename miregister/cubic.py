@@ -12,21 +12,17 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bspline_prefilter", "bspline_sample", "cubic_bspline_weights", "mirror_indices"]
+from .separable import filter_axis, fold_indices
+
+__all__ = ["bspline_prefilter", "bspline_sample", "cubic_bspline_weights"]
 
 _POLE = math.sqrt(3.0) - 2.0
 # Truncation of the prefilter's impulse response: |pole|^k falls below the dtype's precision
 # (|pole|^14 ~ 1e-8 for float32, |pole|^24 ~ 2e-14 for float64).
 _HALF_WIDTH = {torch.float16: 8, torch.bfloat16: 6, torch.float32: 14, torch.float64: 24}
 _CHUNK = 1 << 18  # points per pass: bounds the (C, P, 4^D) tap buffer to ~67 MB in 3D float32
-
-
-def mirror_indices(n: int, pad: int, device: torch.device) -> Tensor:
-    """Indices ``-pad .. n-1+pad`` folded into ``[0, n)`` by mirror symmetry (no edge repeat)."""
-    return _mirror(torch.arange(-pad, n + pad, device=device), n)
 
 
 def bspline_prefilter(image: Tensor) -> Tensor:
@@ -37,20 +33,16 @@ def bspline_prefilter(image: Tensor) -> Tensor:
     mode="mirror")``), so that cubic B-spline interpolation of the result passes through the
     voxel values. Implemented as a separable convolution with the two-sided impulse response
     ``sqrt(3) * z^|k|``, ``z = sqrt(3) - 2`` (Unser 1999, IEEE Signal Proc. Mag. 16(6)), truncated
-    where ``|z|^k`` falls below the dtype's precision. Differentiable; same dtype and device.
+    where ``|z|^k`` falls below the dtype's precision (:func:`~miregister.separable.filter_axis`). Differentiable; same dtype and device.
     """
     if not image.is_floating_point():
         image = image.to(torch.float64)
     half_width = _HALF_WIDTH.get(image.dtype, 24)
     k = torch.arange(-half_width, half_width + 1, dtype=torch.float64)
-    kernel = (math.sqrt(3.0) * _POLE ** k.abs()).to(dtype=image.dtype, device=image.device).view(1, 1, -1)
+    kernel = (math.sqrt(3.0) * _POLE ** k.abs()).to(dtype=image.dtype, device=image.device)
     out = image
     for dim in range(2, image.dim()):
-        n = out.shape[dim]
-        moved = out.movedim(dim, -1)
-        extended = moved.index_select(-1, mirror_indices(n, half_width, image.device))
-        filtered = F.conv1d(extended.reshape(-1, 1, extended.shape[-1]), kernel)
-        out = filtered.reshape(moved.shape).movedim(-1, dim)
+        out = filter_axis(out, kernel, dim, boundary="mirror")
     return out
 
 
@@ -92,15 +84,6 @@ def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
     return w, dw
 
 
-def _mirror(k: Tensor, n: int) -> Tensor:
-    """Fold integer indices ``k`` into ``[0, n)`` by mirror symmetry (no edge repeat)."""
-    if n == 1:
-        return torch.zeros_like(k)
-    period = 2 * n - 2
-    k = torch.remainder(k, period)
-    return torch.where(k >= n, period - k, k)
-
-
 def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
     """Flat tap indices ``(B, P, 4^D)`` into the volume, weights and weight derivatives ``(B, P, D, 4)``.
 
@@ -115,7 +98,7 @@ def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor
     for axis in range(d):  # axis 0 is x, the last tensor dimension
         size = shape[d - 1 - axis]
         stride = math.prod(shape[d - axis:])
-        taps = _mirror(base[..., axis].long()[..., None] + offsets, size) * stride
+        taps = fold_indices(base[..., axis].long()[..., None] + offsets, size, "mirror") * stride
         view = [1] * d
         view[d - 1 - axis] = 4
         lin = lin + taps.reshape(index.shape[:-1] + tuple(view))

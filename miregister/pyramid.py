@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .grid import Grid, apply_affine
 from .image import Image
+from .separable import filter_axis
 
 __all__ = ["gaussian_kernel1d", "gaussian_smooth", "shrink", "shrunk_spacing", "pyramid", "default_sigma_mm"]
 
@@ -86,8 +87,8 @@ def gaussian_smooth(image, sigma_mm, grid=None, truncate=4.0):
 
     Notes
     -----
-    Separable convolution with a sampled, normalised Gaussian
-    (:func:`gaussian_kernel1d`); the borders are padded by replication, i.e. zero-flux Neumann
+    Separable filtering (:func:`~miregister.separable.filter_axis`) with a sampled, normalised
+    Gaussian (:func:`gaussian_kernel1d`); the borders are replicated, i.e. zero-flux Neumann
     conditions like ITK's ``ZeroFluxNeumannBoundaryCondition``. The result equals
     ``scipy.ndimage.gaussian_filter(x, sigma_voxels, mode="nearest", truncate=truncate)`` and
     approximates ``sitk.SmoothingRecursiveGaussian(x, sigma_mm)``. Differentiable.
@@ -106,23 +107,14 @@ def gaussian_smooth(image, sigma_mm, grid=None, truncate=4.0):
         raise ValueError(f"sigma_mm must be finite and >= 0, got {sigma}")
     if not data.is_floating_point():
         data = data.to(torch.float32)
-    b, c, *shape = data.shape
-    out = data.reshape(b * c, 1, *shape)
-    nd = grid.ndim
+    out = data
     for k, (s_mm, spacing) in enumerate(zip(sigma, grid.spacing)):
         s_vox = s_mm / spacing
         if s_vox < MIN_SIGMA_VOXELS:
             continue
         kernel = gaussian_kernel1d(s_vox, truncate, dtype=out.dtype, device=out.device)
-        r = (kernel.numel() - 1) // 2
-        # ITK axis k (x-first) is tensor axis nd-1-k; F.pad lists (last, last-1, ...) pairs.
-        pad = [0, 0] * nd
-        pad[2 * k : 2 * k + 2] = [r, r]
-        weight_shape = [1, 1] + [1] * nd
-        weight_shape[2 + nd - 1 - k] = kernel.numel()
-        conv = (F.conv2d, F.conv3d)[nd - 2]
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.view(weight_shape))
-    return out.reshape(b, c, *shape)
+        out = filter_axis(out, kernel, axis=out.dim() - 1 - k, boundary="replicate")  # ITK axis k is tensor axis -1-k
+    return out
 
 
 # ---------------------------------------------------------------------------------- shrinking
