@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from ..image import Image
+from ..pyramid import gaussian_smooth
 
 __all__ = ["foreground_mask"]
 
@@ -40,7 +42,10 @@ def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:
     image : Image
         Single-channel image (first channel used).
     margin_mm : float
-        Dilation in mm (exact Euclidean distance, anisotropic spacing honoured).
+        Dilation in mm (Euclidean distance, anisotropic spacing honoured). The distance is
+        computed on a grid of about ``margin_mm / 5`` mm (the image's own grid when that is
+        finer, e.g. 2 mm images), so the margin holds to within about that spacing: a 1 mm
+        brain's mask costs 0.2 s instead of 1.8 s.
 
     Returns
     -------
@@ -48,12 +53,31 @@ def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:
         Bool mask on the CPU; all True when no clear foreground is found (e.g. a test
         pattern that fills the field of view), so that the caller never samples nothing.
     """
-    data = image.data[0].detach().cpu().double().numpy()
+    data = image.data[:1].detach().cpu().to(torch.float64)
     spacing = np.asarray(image.grid.spacing)[::-1]  # array axis order ([z,] y, x)
-    smoothed = ndimage.gaussian_filter(data, sigma=1.0 / spacing * spacing.min())
+    smoothed = gaussian_smooth(data[None], float(spacing.min()), image.grid)[0, 0].numpy()
+    if np.ptp(smoothed) <= 1e-9 * max(1.0, float(np.abs(smoothed).max())):  # (nearly) constant: no object
+        return torch.ones(image.shape, dtype=torch.bool)
     threshold = _otsu(smoothed.ravel())
     inside = smoothed > threshold
     if inside.mean() > 0.9 or inside.sum() < 10:
         return torch.ones(image.shape, dtype=torch.bool)
-    distance = ndimage.distance_transform_edt(~inside, sampling=spacing)
-    return torch.from_numpy(distance <= margin_mm)
+    factor = max(1, int(margin_mm / 5.0 / spacing.min()))
+    return torch.from_numpy(_distance_to(inside, spacing, factor) <= margin_mm)
+
+
+def _distance_to(inside: np.ndarray, spacing: np.ndarray, factor: int) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel to the nearest ``inside`` voxel, computed on a
+    grid ``factor`` times coarser (max-pooled object, trilinear distance back) when ``factor > 1``."""
+    if factor == 1:
+        return ndimage.distance_transform_edt(~inside, sampling=spacing)
+    shape = inside.shape
+    padded_shape = [-(-n // factor) * factor for n in shape]  # whole coarse voxels
+    padded = np.zeros(padded_shape, dtype=bool)
+    padded[tuple(slice(0, n) for n in shape)] = inside
+    coarse = padded.reshape([v for n in padded_shape for v in (n // factor, factor)]).any(axis=tuple(range(1, 2 * len(shape), 2)))
+    distance = ndimage.distance_transform_edt(~coarse, sampling=spacing * factor)
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    # align_corners=False with an integer factor puts each fine centre at its place in the coarse grid
+    fine = F.interpolate(torch.from_numpy(distance)[None, None], size=padded_shape, mode=mode, align_corners=False)
+    return fine[0, 0].numpy()[tuple(slice(0, n) for n in shape)]
