@@ -11,20 +11,21 @@ from miregister.mi.kernels import kernel_taps
 
 def _dense_parzen(tx, ty, bins, weights, kernel):
     """Reference: (B, N, bins) dense kernel matrices with clamped taps, then W_x^T W_y."""
+    kx, ky = (kernel, kernel) if isinstance(kernel, str) else kernel
 
-    def dense(t):
-        taps = kernel_taps(t, kernel)
+    def dense(t, name):
+        taps = kernel_taps(t, name)
         idx = (taps.base.unsqueeze(-1) + torch.tensor(taps.offsets)).clamp(0, bins - 1)
         out = torch.zeros(*t.shape, bins, dtype=t.dtype)
         return out.scatter_add(-1, idx, taps.weights.movedim(0, -1))
 
-    wx, wy = dense(tx), dense(ty)
+    wx, wy = dense(tx, kx), dense(ty, ky)
     if weights is not None:
         wx = wx * weights.unsqueeze(-1)
     return torch.einsum("bni,bnj->bij", wx, wy)
 
 
-@pytest.mark.parametrize("kernel", ["bspline", "gaussian"])
+@pytest.mark.parametrize("kernel", ["bspline", "gaussian", "box", ("box", "bspline"), ("gaussian", "box")])
 def test_parzen_matches_dense_reference(kernel):
     g = torch.Generator().manual_seed(0)
     bins = 7
@@ -36,12 +37,43 @@ def test_parzen_matches_dense_reference(kernel):
     torch.testing.assert_close(got.sum(dim=(1, 2)), w.sum(dim=1))  # each sample has unit mass
 
 
+def test_box_kernel_is_the_discrete_histogram():
+    # Including values exactly on bin edges and at both ends of the range (the last bin is closed).
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(2, 400)), np.tile(np.linspace(-3.0, 3.0, 13), (2, 1))], axis=1)
+    y = 0.5 * x + rng.normal(size=x.shape)
+    w = rng.random(x.shape)
+    x, y, w = (torch.from_numpy(a) for a in (x, y, w))
+    rx = torch.tensor([-3.0, 3.0], dtype=torch.float64)  # 12 bins of width 0.5: the linspace hits every edge
+    soft = H.soft_joint_histogram(x, y, bins=12, weights=w, kernel="box", x_range=rx)
+    hard = H.discrete_joint_histogram(x, y, bins=12, weights=w, x_range=rx)
+    torch.testing.assert_close(soft, hard, rtol=0, atol=1e-12)
+
+
+def test_box_axis_in_a_mixed_kernel_gets_no_gradient_and_the_other_is_exact():
+    g = torch.Generator().manual_seed(4)
+    tx = (torch.rand(2, 300, generator=g, dtype=torch.float64) * 9 - 0.5).requires_grad_()
+    ty = (torch.rand(2, 300, generator=g, dtype=torch.float64) * 9 - 0.5).requires_grad_()
+    w = torch.rand(2, 300, generator=g, dtype=torch.float64).requires_grad_()
+    target = torch.rand(2, 9, 9, generator=g, dtype=torch.float64)
+
+    def loss(a, b, c):
+        return (H.parzen_joint_histogram(a, b, 9, weights=c, kernel=("box", "bspline")) * target).sum()
+
+    loss(tx, ty, w).backward()
+    assert torch.count_nonzero(tx.grad) == 0
+    # y and the weights: exact gradients (x held fixed, away from the box's jumps almost surely).
+    assert torch.autograd.gradcheck(lambda b, c: loss(tx.detach(), b, c), (ty.detach().requires_grad_(), w.detach().requires_grad_()))
+
+
 def test_parzen_chunking_is_invisible(monkeypatch):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 1000, generator=g, dtype=torch.float64), torch.randn(2, 1000, generator=g, dtype=torch.float64)
-    full = H.soft_joint_histogram(x, y, bins=9)
+    kernels = ("bspline", ("box", "gaussian"))
+    full = [H.soft_joint_histogram(x, y, bins=9, kernel=k) for k in kernels]
     monkeypatch.setattr(H, "_CHUNK", 97)
-    torch.testing.assert_close(H.soft_joint_histogram(x, y, bins=9), full, rtol=0, atol=1e-12)
+    for k, want in zip(kernels, full):
+        torch.testing.assert_close(H.soft_joint_histogram(x, y, bins=9, kernel=k), want, rtol=0, atol=1e-12)
 
 
 def test_soft_histogram_orientation_and_clamping():

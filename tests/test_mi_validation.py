@@ -58,8 +58,9 @@ def test_bins_normalization_kernel_range():
             mi.discrete_mutual_information(X, Y, bins=bins)
     with pytest.raises(ValueError, match="normalization"):
         mi.soft_mutual_information(X, Y, normalization="mean")
-    with pytest.raises(ValueError, match="kernel"):
-        mi.soft_mutual_information(X, Y, kernel="box")
+    for kernel in ("triangle", ("box",), ("box", "bspline", "box"), ("box", 3)):
+        with pytest.raises(ValueError, match="kernel"):
+            mi.soft_mutual_information(X, Y, kernel=kernel)
     with pytest.raises(ValueError, match="x_range"):
         mi.soft_mutual_information(X, Y, x_range=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="y_range"):

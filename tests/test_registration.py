@@ -188,6 +188,13 @@ def test_unknown_option_and_transform_are_refused():
         register(fixed, moving, "bspline+affine")
 
 
+def test_metric_kernel_option_is_checked_by_name():
+    fixed, moving = _pair()
+    for bad in ("bspline", ("bspline", "box"), ("bspline", "triangle"), ("box",)):
+        with pytest.raises(ValueError, match="kernel"):
+            register(fixed, moving, kernel=bad)
+
+
 def test_top_level_api_exposes_register_and_io():
     import miregister
     from miregister.registration import register as inner

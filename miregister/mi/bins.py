@@ -34,6 +34,7 @@ from torch import Tensor
 
 from .entropy import BIAS_CORRECTIONS, Entropies, entropies_from_joint, normalize_mutual_information
 from .histogram import discrete_joint_histogram, soft_joint_histogram
+from .kernels import KernelArg
 from .validation import check_bins, check_normalization, prepare_inputs
 
 __all__ = [
@@ -156,7 +157,7 @@ def soft_mutual_information(
     bins: BinsArg = "auto",
     weights: Optional[Tensor] = None,
     mask: Optional[Tensor] = None,
-    kernel: str = "bspline",
+    kernel: KernelArg = "bspline",
     x_range: Optional[Tensor] = None,
     y_range: Optional[Tensor] = None,
     normalization: str = "none",
@@ -185,8 +186,10 @@ def soft_mutual_information(
         sample. The histogram is the weighted sum, so an excluded sample is not counted as a 0.
     mask : Tensor, optional
         (B, N) or (N,) boolean mask, multiplied into ``weights``.
-    kernel : {"bspline", "gaussian"}
-        Parzen kernel in bin units (see :mod:`miregister.mi.kernels`).
+    kernel : {"bspline", "gaussian", "box"} or (str, str)
+        Parzen kernel in bin units for both axes, or an ``(x_kernel, y_kernel)`` pair (see
+        :mod:`miregister.mi.kernels`). ``("box", "bspline")`` bins ``x`` hard and ``y`` soft:
+        the Mattes pairing for a fixed ``x`` (its gradient with respect to ``x`` is zero).
     x_range, y_range : Tensor, optional
         (B, 2) or (2,) ``(min, max)`` placing the bins (e.g. the full image's range, so bins do
         not move between iterations). Values outside are clamped onto the edge bins. Default:
@@ -294,7 +297,7 @@ def joint_entropies(
     bins: int = 32,
     weights: Optional[Tensor] = None,
     mask: Optional[Tensor] = None,
-    kernel: str = "bspline",
+    kernel: KernelArg = "bspline",
     x_range: Optional[Tensor] = None,
     y_range: Optional[Tensor] = None,
     percentile: float = 0.0,

@@ -12,8 +12,8 @@ clamped onto it (they count in the edge bins), so a fixed range never drops samp
 Memory and cost
 ---------------
 The soft histogram never builds an (N, bins, bins) or (N, bins) tensor: each sample touches
-S x S bins (S = 4 for the cubic B-spline), scattered in chunks of samples, and its backward
-pass recomputes the taps and gathers the S x S gradient entries. Memory beyond the inputs is
+Sx x Sy bins (S = 4 for the cubic B-spline, 1 for the box), scattered in chunks of samples, and its backward
+pass recomputes the taps and gathers the Sx x Sy gradient entries. Memory beyond the inputs is
 O(chunk * S^2) for temporaries plus O(N) saved for backward (the bin coordinates).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .kernels import kernel_taps
+from .kernels import KernelArg, axis_kernels, kernel_taps
 from .ranges import compute_range
 
 __all__ = [
@@ -87,8 +87,9 @@ def _axis_taps(t: Tensor, kernel: str, bins: int) -> tuple[_AxisTaps, int]:
 
     ``t`` lies in ``[-1/2, bins - 1/2]`` so ``floor(t)`` is in ``[-1, bins - 1]``; shifting the
     first tap by ``1 - min(offsets)`` puts it in ``[0, bins]``, and all taps in a padded axis of
-    ``bins + S`` cells. The clamp only matters for NaN coordinates (unvalidated input), which
-    must give a NaN result rather than an out-of-bounds index.
+    ``bins + S`` cells. The clamp matters for NaN coordinates (unvalidated input), which must
+    give a NaN result rather than an out-of-bounds index, and for the box kernel at the very
+    top of the range, whose one tap lands past the last bin and is clamped onto it.
     """
     taps = kernel_taps(t, kernel)
     shift = 1 - taps.offsets[0]
@@ -111,73 +112,75 @@ def _cell_index(sx: Tensor, sy: Tensor, bins: int) -> Tensor:
 class _ParzenJointHistogram(torch.autograd.Function):
     """Parzen joint histogram of bin coordinates with an analytic, memory-light backward.
 
-    Each sample has one S x S block of kernel products, starting at cell ``(sx, sy)`` of the
-    padded histogram. The forward pass accumulates the blocks in a table ``(S*S, B*(bins+1)^2)``
-    indexed by block start (one ``scatter_add_`` whose index is shared by the S*S rows), then
-    sums the table into the padded histogram with S*S shifted slices and folds the padding
-    onto the edge bins. The backward pass builds the same table from the incoming gradient
-    and reads every sample's block with one ``index_select``. Work is chunked over samples so
-    that temporaries stay in cache and memory stays O(chunk * S^2).
+    Each sample has one Sx x Sy block of kernel products (Sx, Sy the taps of the x and y
+    kernels), starting at cell ``(sx, sy)`` of the padded histogram. The forward pass
+    accumulates the blocks in a table ``(Sx*Sy, B*(bins+1)^2)`` indexed by block start (one
+    ``scatter_add_`` whose index is shared by the Sx*Sy rows), then sums the table into the
+    padded histogram with Sx*Sy shifted slices and folds the padding onto the edge bins. The
+    backward pass builds the same table from the incoming gradient and reads every sample's
+    block with one ``index_select``. Work is chunked over samples so that temporaries stay in
+    cache and memory stays O(chunk * Sx * Sy).
     """
 
     @staticmethod
-    def forward(ctx, tx: Tensor, ty: Tensor, w: Optional[Tensor], bins: int, kernel: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx, tx: Tensor, ty: Tensor, w: Optional[Tensor], bins: int, kx: str, ky: str) -> Tensor:  # type: ignore[override]
         batch, n = tx.shape
         table = None
-        s = shift = 0
+        sx = sy = shift_x = shift_y = 0
         for start in range(0, n, _CHUNK):
             sl = slice(start, start + _CHUNK)
-            ax, shift = _axis_taps(tx[:, sl], kernel, bins)
-            ay, _ = _axis_taps(ty[:, sl], kernel, bins)
-            s = ax.weights.shape[0]
+            ax, shift_x = _axis_taps(tx[:, sl], kx, bins)
+            ay, shift_y = _axis_taps(ty[:, sl], ky, bins)
+            sx, sy = ax.weights.shape[0], ay.weights.shape[0]
             if table is None:
-                table = torch.zeros(s * s, batch * (bins + 1) ** 2, dtype=tx.dtype, device=tx.device)
+                table = torch.zeros(sx * sy, batch * (bins + 1) ** 2, dtype=tx.dtype, device=tx.device)
             wx = ax.weights if w is None else ax.weights * w[:, sl]
-            vals = (wx.unsqueeze(1) * ay.weights.unsqueeze(0)).reshape(s * s, -1)
+            vals = (wx.unsqueeze(1) * ay.weights.unsqueeze(0)).reshape(sx * sy, -1)
             index = _cell_index(ax.start, ay.start, bins)
-            table.scatter_add_(1, index.expand(s * s, -1), vals)
+            table.scatter_add_(1, index.expand(sx * sy, -1), vals)
         assert table is not None
-        table = table.view(s, s, batch, bins + 1, bins + 1)
-        padded = torch.zeros(batch, bins + s, bins + s, dtype=tx.dtype, device=tx.device)
-        for a in range(s):
-            for b in range(s):
+        table = table.view(sx, sy, batch, bins + 1, bins + 1)
+        padded = torch.zeros(batch, bins + sx, bins + sy, dtype=tx.dtype, device=tx.device)
+        for a in range(sx):
+            for b in range(sy):
                 padded[:, a : a + bins + 1, b : b + bins + 1] += table[a, b]
-        fold = _fold_map(bins, s, shift, tx.device)
-        hist = torch.zeros(batch, bins, bins + s, dtype=tx.dtype, device=tx.device).index_add_(1, fold, padded)
-        hist = torch.zeros(batch, bins, bins, dtype=tx.dtype, device=tx.device).index_add_(2, fold, hist)
+        fold_x = _fold_map(bins, sx, shift_x, tx.device)
+        fold_y = _fold_map(bins, sy, shift_y, tx.device)
+        hist = torch.zeros(batch, bins, bins + sy, dtype=tx.dtype, device=tx.device).index_add_(1, fold_x, padded)
+        hist = torch.zeros(batch, bins, bins, dtype=tx.dtype, device=tx.device).index_add_(2, fold_y, hist)
         ctx.save_for_backward(tx, ty, w)
-        ctx.bins, ctx.kernel = bins, kernel
+        ctx.bins, ctx.kernels = bins, (kx, ky)
         return hist
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hist: Tensor):  # type: ignore[override]
         tx, ty, w = ctx.saved_tensors
-        bins, kernel = ctx.bins, ctx.kernel
+        bins, (kx, ky) = ctx.bins, ctx.kernels
         need_t = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         need_w = w is not None and ctx.needs_input_grad[2]
         gtx = torch.zeros_like(tx) if need_t else None
         gty = torch.zeros_like(ty) if need_t else None
         gw = torch.zeros_like(w) if need_w else None
-        batch, n = tx.shape
         blocks = None
-        for start in range(0, n, _CHUNK):
+        for start in range(0, tx.shape[1], _CHUNK):
             sl = slice(start, start + _CHUNK)
-            ax, shift = _axis_taps(tx[:, sl], kernel, bins)
-            ay, _ = _axis_taps(ty[:, sl], kernel, bins)
-            s = ax.weights.shape[0]
+            ax, shift_x = _axis_taps(tx[:, sl], kx, bins)
+            ay, shift_y = _axis_taps(ty[:, sl], ky, bins)
+            sx, sy = ax.weights.shape[0], ay.weights.shape[0]
             if blocks is None:
                 # blocks[a, b, (batch, i, j)] = gradient at padded cell (i + a, j + b).
-                fold = _fold_map(bins, s, shift, tx.device)
-                padded = grad_hist.to(tx.dtype)[:, fold][:, :, fold]
+                fold_x = _fold_map(bins, sx, shift_x, tx.device)
+                fold_y = _fold_map(bins, sy, shift_y, tx.device)
+                padded = grad_hist.to(tx.dtype)[:, fold_x][:, :, fold_y]
                 blocks = torch.stack(
-                    [padded[:, a : a + bins + 1, b : b + bins + 1] for a in range(s) for b in range(s)]
-                ).reshape(s * s, -1)
+                    [padded[:, a : a + bins + 1, b : b + bins + 1] for a in range(sx) for b in range(sy)]
+                ).reshape(sx * sy, -1)
             index = _cell_index(ax.start, ay.start, bins)
-            g = blocks.index_select(1, index).view(s, s, *ax.start.shape)  # (S, S, B, n)
-            gy = (g * ay.weights.unsqueeze(0)).sum(1)  # contracted over the y taps: (S, B, n)
+            g = blocks.index_select(1, index).view(sx, sy, *ax.start.shape)  # (Sx, Sy, B, n)
+            gy = (g * ay.weights.unsqueeze(0)).sum(1)  # contracted over the y taps: (Sx, B, n)
             if need_t:
-                gx = (g * ax.weights.unsqueeze(1)).sum(0)  # contracted over the x taps
+                gx = (g * ax.weights.unsqueeze(1)).sum(0)  # contracted over the x taps: (Sy, B, n)
                 dx = (gy * ax.derivatives).sum(0)
                 dy = (gx * ay.derivatives).sum(0)
                 if w is not None:
@@ -187,11 +190,11 @@ class _ParzenJointHistogram(torch.autograd.Function):
                 gty[:, sl] = dy
             if need_w:
                 gw[:, sl] = (gy * ax.weights).sum(0)
-        return gtx, gty, gw, None, None
+        return gtx, gty, gw, None, None, None
 
 
 def parzen_joint_histogram(
-    tx: Tensor, ty: Tensor, bins: int, *, weights: Optional[Tensor] = None, kernel: str = "bspline"
+    tx: Tensor, ty: Tensor, bins: int, *, weights: Optional[Tensor] = None, kernel: KernelArg = "bspline"
 ) -> Tensor:
     """Parzen joint histogram from bin coordinates (see :func:`bin_coordinates`).
 
@@ -203,8 +206,9 @@ def parzen_joint_histogram(
         Bins per axis.
     weights : Tensor, optional
         (B, N) non-negative sample weights (differentiable).
-    kernel : str
-        ``"bspline"`` (default) or ``"gaussian"``, see :mod:`miregister.mi.kernels`.
+    kernel : str or (str, str)
+        ``"bspline"`` (default), ``"gaussian"`` or ``"box"`` for both axes, or an
+        ``(x_kernel, y_kernel)`` pair, see :mod:`miregister.mi.kernels`.
 
     Returns
     -------
@@ -212,7 +216,8 @@ def parzen_joint_histogram(
         (B, bins, bins) weighted soft counts, ``[b, x_bin, y_bin]``; kernel taps beyond the
         edge bins are folded onto them, so each sample contributes exactly its weight.
     """
-    return _ParzenJointHistogram.apply(tx, ty, weights, bins, kernel)
+    kx, ky = axis_kernels(kernel)
+    return _ParzenJointHistogram.apply(tx, ty, weights, bins, kx, ky)
 
 
 def soft_joint_histogram(
@@ -221,7 +226,7 @@ def soft_joint_histogram(
     *,
     bins: int,
     weights: Optional[Tensor] = None,
-    kernel: str = "bspline",
+    kernel: KernelArg = "bspline",
     x_range: Optional[Tensor] = None,
     y_range: Optional[Tensor] = None,
     percentile: float = 0.0,

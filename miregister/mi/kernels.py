@@ -14,6 +14,14 @@ Kernels
 ``"gaussian"``
     Gaussian with standard deviation 0.5 bin, truncated to 6 taps (+-3 bins = 6 sd, where it
     is 1.5e-8 of its peak) and renormalised per sample so each sample has unit mass.
+``"box"``
+    The zero-order B-spline: each sample counts whole in the bin that contains it (the
+    discrete histogram's binning). Piecewise constant, so its derivative is zero: use it only
+    on an axis that is not optimised, as Mattes et al. do for the fixed image (one tap instead
+    of four, and no Parzen blur added to an axis whose values never move).
+
+A histogram may use a different kernel per axis: ``kernel=("box", "bspline")`` is the Mattes
+pairing (fixed image on x, moving image on y), see :func:`axis_kernels`.
 """
 from __future__ import annotations
 
@@ -23,7 +31,10 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Taps", "KERNELS", "kernel_taps", "bspline_taps", "gaussian_taps", "GAUSSIAN_SD"]
+__all__ = [
+    "Taps", "KERNELS", "KernelArg", "axis_kernels", "kernel_taps", "bspline_taps", "gaussian_taps", "box_taps",
+    "GAUSSIAN_SD",
+]
 
 #: Standard deviation of the Gaussian Parzen kernel, in bins.
 GAUSSIAN_SD = 0.5
@@ -35,7 +46,7 @@ class Taps(NamedTuple):
     Attributes
     ----------
     base : Tensor
-        ``floor(t)`` as int64, shape (...).
+        The anchor bin as int64, shape (...): ``floor(t)`` (``floor(t + 1/2)`` for the box).
     weights : Tensor
         (S, ...) kernel weights, summing to 1 over the first axis (tap-major, so that sums
         over taps add contiguous vectors).
@@ -106,11 +117,40 @@ def gaussian_taps(t: Tensor, sd: float = GAUSSIAN_SD) -> Taps:
     return Taps(base.long(), weights, derivatives, offsets)
 
 
-KERNELS: dict[str, Callable[[Tensor], Taps]] = {"bspline": bspline_taps, "gaussian": gaussian_taps}
+def box_taps(t: Tensor) -> Taps:
+    """Zero-order B-spline: weight 1 at the bin containing ``t``, ``floor(t + 1/2)``.
+
+    Bin ``j`` holds ``t`` in ``[j - 1/2, j + 1/2)``, as the discrete histogram's bins; the
+    top of the range (``t = bins - 1/2``) falls one past the last bin and is folded back onto
+    it by the histogram, so the last bin is closed. The derivative is zero.
+    """
+    base = (t + 0.5).floor()
+    weights = torch.ones_like(t).unsqueeze(0)
+    return Taps(base.long(), weights, torch.zeros_like(weights), (0,))
+
+
+KERNELS: dict[str, Callable[[Tensor], Taps]] = {"bspline": bspline_taps, "gaussian": gaussian_taps, "box": box_taps}
+
+#: A kernel name for both axes, or an ``(x_kernel, y_kernel)`` pair.
+KernelArg = str | tuple[str, str]
+
+
+def axis_kernels(kernel: KernelArg) -> tuple[str, str]:
+    """The (x, y) kernel names of a kernel argument, checked against :data:`KERNELS`.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name or a sequence that is not a pair.
+    """
+    pair = (kernel, kernel) if isinstance(kernel, str) else tuple(kernel)
+    if len(pair) != 2 or any(not isinstance(k, str) or k not in KERNELS for k in pair):
+        raise ValueError(f"kernel must be one of {tuple(KERNELS)} or an (x, y) pair of them, got {kernel!r}")
+    return pair  # type: ignore[return-value]
 
 
 def kernel_taps(t: Tensor, kernel: str) -> Taps:
-    """Tap weights of the named kernel (``"bspline"`` or ``"gaussian"``) at coordinates ``t``."""
+    """Tap weights of the named kernel (one of :data:`KERNELS`) at coordinates ``t``."""
     try:
         return KERNELS[kernel](t)
     except KeyError:

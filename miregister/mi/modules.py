@@ -15,6 +15,7 @@ from .bins import soft_mutual_information
 from .entropy import Entropies, entropies_from_joint, normalize_mutual_information
 from .histogram import discrete_joint_histogram, soft_joint_histogram
 from .kde import kde_joint_density
+from .kernels import KernelArg, axis_kernels
 from .knn import knn_mutual_information
 from .validation import check_bins, check_normalization, check_pair, check_weights, computation_dtype
 
@@ -126,8 +127,8 @@ class BinsCountMutualInformation(MutualInformationDensityBased):
     mode : {"soft", "discrete"}
         ``"soft"``: cubic B-spline Parzen histogram, exact finite gradients (the seed's step
         function is gone). ``"discrete"``: each sample counted once.
-    kernel : {"bspline", "gaussian"}
-        Parzen kernel of the soft mode.
+    kernel : {"bspline", "gaussian", "box"} or (str, str)
+        Parzen kernel of the soft mode, or an ``(x_kernel, y_kernel)`` pair.
     """
 
     def __init__(
@@ -136,12 +137,13 @@ class BinsCountMutualInformation(MutualInformationDensityBased):
         normalization: Normalization = "none",
         mode: Literal["soft", "discrete"] = "soft",
         rangeOpts: Optional[dict] = None,  # noqa: N803
-        kernel: str = "bspline",
+        kernel: KernelArg = "bspline",
     ) -> None:
         super().__init__(nBins=nBins, normalization=normalization, rangeOpts=rangeOpts)
         if mode not in ("soft", "discrete"):
             raise ValueError(f"mode must be 'soft' or 'discrete', got {mode!r}")
         self.mode = mode
+        axis_kernels(kernel)  # an unknown kernel fails here, not at the first call
         self.kernel = kernel
 
     def computePxy(self, x: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:  # noqa: N802

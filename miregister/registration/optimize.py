@@ -88,6 +88,8 @@ class LevelProblem:
         ``(1, 2)`` intensity ranges (min, max) fixing the histogram bins for the level.
     bins : int
         Number of histogram bins.
+    kernel : (str, str)
+        Parzen kernels of the (fixed, moving) histogram axes.
     radius : float
         RMS distance (mm) of the points from their centroid: the scale of angular parameters.
     moving_mask : Tensor, optional
@@ -108,6 +110,7 @@ class LevelProblem:
     fixed_range: Tensor
     moving_range: Tensor
     bins: int
+    kernel: tuple[str, str]
     radius: float
     moving_mask: Tensor | None = None
     dense: DenseDeformation | None = None
@@ -142,7 +145,7 @@ class LevelProblem:
                 "the moving image; check the images' origins/directions or initialise differently"
             )
         value = mi.soft_mutual_information(
-            self.fixed_values, values[:, 0], bins=self.bins, weights=weights,
+            self.fixed_values, values[:, 0], bins=self.bins, kernel=self.kernel, weights=weights,
             x_range=self.fixed_range, y_range=self.moving_range, validate=False,
         )
         penalty = torch.zeros((), dtype=value.dtype, device=value.device)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from ..mi.kernels import axis_kernels
+
 __all__ = ["StageOptions", "RegistrationOptions", "LINEAR_STAGES", "DEFORMABLE_STAGES", "parse_stages"]
 
 LINEAR_STAGES = ("translation", "rigid", "similarity", "affine")
@@ -127,6 +129,14 @@ class RegistrationOptions:
         by +0.4 % in scale; 64 halves that at no measurable cost. A level with few samples
         uses at most ``sqrt(samples)`` bins (at least 8; the bins used are in the history):
         a 2D slice's coarsest level has only a few hundred.
+    kernel : (str, str)
+        Parzen kernels of the metric's (fixed, moving) histogram axes, names from
+        :data:`miregister.mi.kernels.KERNELS`. Default ``("box", "bspline")``, the pairing of
+        Mattes et al. (2003) that ITK uses: the fixed intensities never move, so they are
+        binned hard; the moving ones get the differentiable cubic B-spline. On the benchmark
+        cases this lowers the metric's own bias (the multimodal oblique affine optimum
+        0.116 -> 0.087 mm from the truth) and costs a quarter of the histogram work of
+        ``("bspline", "bspline")``. The moving kernel must be differentiable (not ``"box"``).
     sampling_region : str
         ``"foreground"`` (default): sample the fixed image's object (Otsu threshold) dilated by
         10 mm, unless a fixed mask is given; ``"all"``: every voxel (as ITK does).
@@ -155,6 +165,7 @@ class RegistrationOptions:
     """
 
     bins: int = 64
+    kernel: tuple[str, str] = ("box", "bspline")
     sampling_region: str = "foreground"
     initialization: str = "moments"
     rotation_search: bool = False
@@ -171,6 +182,11 @@ class RegistrationOptions:
         """Raise ValueError naming the first option that is out of range."""
         if self.bins < 4:
             raise ValueError(f"bins must be >= 4, got {self.bins}")
+        if isinstance(self.kernel, str):
+            raise ValueError(f"kernel must be a (fixed, moving) pair of kernel names, got {self.kernel!r}")
+        self.kernel = axis_kernels(self.kernel)
+        if self.kernel[1] == "box":
+            raise ValueError("kernel: the moving image's kernel must be differentiable, not 'box'")
         if self.initialization not in ("moments", "geometry", "none"):
             raise ValueError(f"initialization must be 'moments', 'geometry' or 'none', got {self.initialization!r}")
         if self.sampling_region not in ("foreground", "all"):

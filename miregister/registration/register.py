@@ -243,7 +243,7 @@ def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed:
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=_level_bins(opts.bins, int(points.shape[1])), radius=radius, interpolation=stage.interpolation,
+        bins=_level_bins(opts.bins, int(points.shape[1])), kernel=opts.kernel, radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
 
