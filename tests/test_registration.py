@@ -188,6 +188,16 @@ def test_unknown_option_and_transform_are_refused():
         register(fixed, moving, "bspline+affine")
 
 
+def test_metric_kernels_per_level_are_recorded():
+    fixed, moving = _pair()
+    result = register(fixed, moving, "affine", validate=False, iterations=(5, 5, 5))
+    kernels = [h["kernel"] for h in result.history]
+    assert kernels == [["bspline", "bspline"]] * 2 + [["box", "bspline"]]  # soft coarse levels, Mattes pairing last
+    result = register(fixed, moving, "affine", validate=False, iterations=(5, 5), kernel=("gaussian", "gaussian"),
+                      shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
+    assert [h["kernel"] for h in result.history] == [["gaussian", "gaussian"]] * 2
+
+
 def test_metric_kernel_option_is_checked_by_name():
     fixed, moving = _pair()
     for bad in ("bspline", ("bspline", "box"), ("bspline", "triangle"), ("box",)):
@@ -243,7 +253,7 @@ def test_line_search_step_outside_the_moving_image_is_a_bad_value_not_an_error()
     fixed, moving = _pair()
     cache = LevelCache(Img.from_sitk(fixed), Img.from_sitk(moving), None, None)
     options = build_options(["affine"])
-    problem, _ = _problem(cache.get(1, 0.0), options.stage("affine"), options, seed=0)
+    problem, _ = _problem(cache.get(1, 0.0), options.stage("affine"), options, seed=0, last_level=True)
     far = Translation(2)
     with torch.no_grad():
         far.translation.fill_(5000.0)

@@ -32,7 +32,10 @@ class StageOptions:
     samples : int
         Fixed-image voxels sampled per level (random, seeded, at voxel centres);
         all voxels are used when the level has fewer. One sample set per level keeps the
-        objective deterministic, which L-BFGS needs.
+        objective deterministic, which L-BFGS needs. Linear stages: 80 000, where the sample
+        set's own noise is below the metric's bias (on the 2 mm benchmark cases, over 8 seeds,
+        the multimodal oblique affine error spans 0.07-0.11 mm; with 40 000, 0.06-0.14 mm,
+        ~0.4 s faster). Only levels with more voxels than that are subsampled.
     control_spacing : float
         B-spline control-point spacing (mm) at the finest level, or the SVF grid spacing.
     regularization : float
@@ -49,7 +52,7 @@ class StageOptions:
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     iterations: tuple[int, ...] = (100, 60, 30)
-    samples: int = 40_000
+    samples: int = 80_000
     control_spacing: float = 16.0
     regularization: float = 0.0
     interpolation: str = "bspline"
@@ -130,8 +133,10 @@ class RegistrationOptions:
         uses at most ``sqrt(samples)`` bins (at least 8; the bins used are in the history):
         a 2D slice's coarsest level has only a few hundred.
     kernel : (str, str)
-        Parzen kernels of the metric's (fixed, moving) histogram axes, names from
-        :data:`miregister.mi.kernels.KERNELS`. Default ``("box", "bspline")``, the pairing of
+        Parzen kernels of the metric's (fixed, moving) histogram axes at the last level of
+        each stage, names from :data:`miregister.mi.kernels.KERNELS`; earlier, coarser levels
+        use the moving kernel on both axes (a smoother histogram, a wider capture range; the
+        kernels used are in the history). Default ``("box", "bspline")``, the pairing of
         Mattes et al. (2003) that ITK uses: the fixed intensities never move, so they are
         binned hard; the moving ones get the differentiable cubic B-spline. On the benchmark
         cases this lowers the metric's own bias (the multimodal oblique affine optimum

@@ -215,7 +215,21 @@ def _level_bins(bins: int, samples: int) -> int:
     return int(min(bins, max(8, math.isqrt(samples))))
 
 
-def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed: int) -> tuple[LevelProblem, torch.Tensor]:
+def _level_kernel(kernel: tuple[str, str], last_level: bool) -> tuple[str, str]:
+    """Parzen kernels (fixed, moving) of a level: ``kernel`` at the last level of a stage, the
+    moving kernel on both axes before it.
+
+    Hard fixed bins (the Mattes pairing) lower the metric's bias where precision is decided,
+    but the smoother histogram of a soft fixed axis widens the capture range at the coarse
+    levels: with hard bins throughout, 13 of 20 starts rotated 30-50 degrees converged, with
+    soft coarse levels 16 of 20 (benchmarks/cases.py capture cases, seed 7).
+    """
+    return kernel if last_level else (kernel[1], kernel[1])
+
+
+def _problem(
+    level: Level, stage: StageOptions, opts: RegistrationOptions, seed: int, last_level: bool
+) -> tuple[LevelProblem, torch.Tensor]:
     """Sample the fixed level image and gather what the metric needs (and the sample indices).
 
     Samples sit at voxel centres: random jitter within voxels, tried first, biased MI towards
@@ -243,7 +257,7 @@ def _problem(level: Level, stage: StageOptions, opts: RegistrationOptions, seed:
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=_level_bins(opts.bins, int(points.shape[1])), kernel=opts.kernel, radius=radius, interpolation=stage.interpolation,
+        bins=_level_bins(opts.bins, int(points.shape[1])), kernel=_level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
 
@@ -264,7 +278,10 @@ def _run_levels(
     ):
         level_start = time.perf_counter()
         level = cache.get(factor, sigma)
-        problem, indices = _problem(level, stage, opts, seed=opts.seed + 1000 * stage_index + level_index)
+        problem, indices = _problem(
+            level, stage, opts, seed=opts.seed + 1000 * stage_index + level_index,
+            last_level=level_index == len(stage.shrink_factors) - 1,
+        )
         if dense_factory is not None:
             problem.dense, problem.penalty_weight = dense_factory(level, indices), stage.regularization
         with torch.no_grad():
@@ -278,7 +295,8 @@ def _run_levels(
         history.append({
             "stage": kind, "level": level_index, "shrink_factor": factor, "smoothing_sigma_mm": sigma,
             "grid_size": list(level.fixed.grid.size), "spacing_mm": list(level.fixed.grid.spacing),
-            "samples": int(problem.points.shape[1]), "bins": problem.bins, "evaluations": len(values),
+            "samples": int(problem.points.shape[1]), "bins": problem.bins, "kernel": list(problem.kernel),
+            "evaluations": len(values),
             "mi_start": float(initial[0]), "mi_end": float(final[0]), "overlap": float(overlap),
             "objective": values, "seconds": time.perf_counter() - level_start,
         })
@@ -312,7 +330,7 @@ def _rotation_candidates(ndim: int) -> list[np.ndarray]:
 @torch.no_grad()
 def _rotation_search(transform: SpatialTransform, level: Level, stage: StageOptions, opts: RegistrationOptions) -> None:
     """Keep the initial rotation (about the centre) with the highest MI at the coarsest level."""
-    problem, _ = _problem(level, stage, opts, seed=opts.seed + 777)
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 777, last_level=False)
     start = Rigid.from_transform(transform)
     best_value, best_matrix = -math.inf, None
     for rotation in _rotation_candidates(transform.ndim):
