@@ -29,6 +29,16 @@ exit codes:
 """
 
 
+def _bins_arg(text: str) -> int | str:
+    """``--bins``: ``auto`` or an integer (its range is checked with the other options)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="miregister",
@@ -53,7 +63,9 @@ def _build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
     reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
     reg.add_argument("--moving-mask", help="mask on the moving grid")
-    reg.add_argument("--bins", type=int, help="histogram bins of the MI metric (default 64)")
+    reg.add_argument("--bins", type=_bins_arg,
+                     help="histogram bins of the MI metric: an int >= 4, or auto (default: per level, from the "
+                          "images' correlation, at least 64)")
     reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")

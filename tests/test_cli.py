@@ -71,9 +71,10 @@ def test_unknown_transform_exits_1_and_bad_flag_exits_2(tmp_path, capsys):
     f, m, _, _ = _write_pair(tmp_path)
     assert main(["register", str(f), str(m), "-o", str(tmp_path / "o"), "-t", "warp9", "--quiet"]) == 1
     assert "unknown transform" in capsys.readouterr().err
-    try:
-        main(["register", str(f), str(m), "-o", str(tmp_path / "o"), "--no-such-flag"])
-    except SystemExit as exit_:
-        assert exit_.code == 2
-    else:  # pragma: no cover
-        raise AssertionError("argparse should exit with 2")
+    for bad in (["--no-such-flag"], ["--bins", "many"]):
+        try:
+            main(["register", str(f), str(m), "-o", str(tmp_path / "o"), *bad])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:  # pragma: no cover
+            raise AssertionError(f"argparse should exit with 2 on {bad}")

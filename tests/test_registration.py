@@ -198,6 +198,24 @@ def test_metric_kernels_per_level_are_recorded():
     assert [h["kernel"] for h in result.history] == [["gaussian", "gaussian"]] * 2
 
 
+def test_auto_bins_grow_with_the_images_correlation_and_an_int_fixes_them():
+    """bins="auto": the Hacine-Gharbi rule gives an aligned mono-modal pair (correlation ~1)
+    more bins than a multimodal one, never below 64 unless a level has too few samples."""
+    import math
+
+    mono = register(*slice_case(modality="t1")[:2], "affine", validate=False)
+    multi = register(*slice_case()[:2], "affine", validate=False)
+    for result in (mono, multi):
+        for level in result.history:
+            assert level["bins"] >= min(64, math.isqrt(level["samples"])), level
+    assert mono.history[-1]["bins"] > multi.history[-1]["bins"]
+    fixed = register(*slice_case()[:2], "affine", validate=False, bins=40)
+    assert [h["bins"] for h in fixed.history] == [min(40, math.isqrt(h["samples"])) for h in fixed.history]
+    for bad in ("many", 3, 2.5, True):
+        with pytest.raises(ValueError, match="bins"):
+            register(*slice_case()[:2], "affine", bins=bad)
+
+
 def test_metric_kernel_option_is_checked_by_name():
     fixed, moving = _pair()
     for bad in ("bspline", ("bspline", "box"), ("bspline", "triangle"), ("box",)):

@@ -128,8 +128,9 @@ class LevelProblem:
         displacement = field.reshape(field.shape[0], -1, d)[:, self.dense.indices]
         return self.dense.linear(self.points + displacement)
 
-    def evaluate(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """MI (nats, ``(1,)``), overlap fraction, and penalty (0 for linear stages)."""
+    def moving_samples(self, transform: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+        """Moving intensities at the moved points ``(1, N)``, their weights ``(1, N)`` (fixed
+        mask x inside the moving image x moving mask), and the overlap fraction (scalar)."""
         moved = self._map(transform)
         values, inside = sample(
             self.moving, self.moving_grid, moved, mode=self.interpolation, prefiltered=self.interpolation == "bspline"
@@ -138,14 +139,18 @@ class LevelProblem:
         if self.moving_mask is not None:
             mask_values, _ = sample(self.moving_mask, self.moving_grid, moved)
             weights = weights * mask_values[:, 0]
-        overlap = weights.sum() / self.fixed_weights.sum()
+        return values[:, 0], weights, weights.sum() / self.fixed_weights.sum()
+
+    def evaluate(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """MI (nats, ``(1,)``), overlap fraction, and penalty (0 for linear stages)."""
+        values, weights, overlap = self.moving_samples(transform)
         if check_overlap and float(overlap) < MIN_OVERLAP:
             raise RegistrationError(
                 f"the images do not overlap: only {100 * float(overlap):.2f}% of the fixed samples map inside "
                 "the moving image; check the images' origins/directions or initialise differently"
             )
         value = mi.soft_mutual_information(
-            self.fixed_values, values[:, 0], bins=self.bins, kernel=self.kernel, weights=weights,
+            self.fixed_values, values, bins=self.bins, kernel=self.kernel, weights=weights,
             x_range=self.fixed_range, y_range=self.moving_range, validate=False,
         )
         penalty = torch.zeros((), dtype=value.dtype, device=value.device)

@@ -126,12 +126,15 @@ class RegistrationOptions:
 
     Attributes
     ----------
-    bins : int
-        Histogram bins of the soft-binned (Parzen, cubic B-spline) MI metric. 64 (not ITK's
-        usual 32 or 50): on the multimodal oblique benchmark 32 bins biased the affine optimum
-        by +0.4 % in scale; 64 halves that at no measurable cost. A level with few samples
-        uses at most ``sqrt(samples)`` bins (at least 8; the bins used are in the history):
-        a 2D slice's coarsest level has only a few hundred.
+    bins : int or "auto"
+        Histogram bins of the soft-binned (Parzen) MI metric. ``"auto"`` (default): per level,
+        the soft joint-histogram rule of :func:`miregister.mi.auto_bins` on the level's samples
+        at its starting alignment, at least 64: it grows with the images' correlation, so an
+        aligned mono-modal pair gets ~280 bins at 80k samples (2 mm T1 -> T1 affine error
+        0.047 -> 0.031 mm) and a multimodal pair 64 (32 biased the multimodal oblique affine
+        optimum by +0.4 % in scale; 64 halves that). An int fixes the count. A level with few
+        samples uses at most ``sqrt(samples)`` bins (at least 8): a 2D slice's coarsest level
+        has only a few hundred. The bins used are in the history.
     kernel : (str, str)
         Parzen kernels of the metric's (fixed, moving) histogram axes at the last level of
         each stage, names from :data:`miregister.mi.kernels.KERNELS`; earlier, coarser levels
@@ -169,7 +172,7 @@ class RegistrationOptions:
         Per-stage :class:`StageOptions` overrides, keyed by stage name.
     """
 
-    bins: int = 64
+    bins: int | str = "auto"
     kernel: tuple[str, str] = ("box", "bspline")
     sampling_region: str = "foreground"
     initialization: str = "moments"
@@ -185,8 +188,8 @@ class RegistrationOptions:
 
     def validate_options(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
-        if self.bins < 4:
-            raise ValueError(f"bins must be >= 4, got {self.bins}")
+        if self.bins != "auto" and (isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 4):
+            raise ValueError(f"bins must be 'auto' or an int >= 4, got {self.bins!r}")
         if isinstance(self.kernel, str):
             raise ValueError(f"kernel must be a (fixed, moving) pair of kernel names, got {self.kernel!r}")
         self.kernel = axis_kernels(self.kernel)

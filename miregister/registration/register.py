@@ -11,6 +11,7 @@ import torch
 from ..grid import Grid
 from ..image import Image
 from ..io import as_image, check_image
+from ..mi.bins import SOFT_AUTO_FACTOR, auto_bins
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
 from ..warp import resample
 from .foreground import foreground_mask
@@ -133,7 +134,9 @@ def register(
     validation: dict[str, Any] = {}
     if opts.validate:
         validation_start = time.perf_counter()
-        validation = validate(fixed_dev, moving_dev, warped, current, fixed_mask_img, opts.bins, opts.knn_samples, opts.seed)
+        # The last level's bins: MI before and after on one scale, that of the optimised metric.
+        bins = history[-1]["bins"]
+        validation = validate(fixed_dev, moving_dev, warped, current, fixed_mask_img, bins, opts.knn_samples, opts.seed)
         timings["validation"] = time.perf_counter() - validation_start
     timings["total"] = time.perf_counter() - start
     return RegistrationResult(
@@ -204,6 +207,27 @@ def _initial_transform(
 
 
 # ------------------------------------------------------------------------------ levels
+#: Fewest bins the ``bins="auto"`` rule may choose: fewer biased the multimodal affine optimum
+#: (32 bins: +0.4 % in scale on the oblique benchmark case), although the rule's MSE-optimal
+#: count for the entropies is ~60 there.
+AUTO_MIN_BINS = 64
+
+
+@torch.no_grad()
+def _auto_bins(problem: LevelProblem, transform: SpatialTransform) -> int:
+    """The ``bins="auto"`` count of a level, from its samples at the level's starting alignment.
+
+    The soft joint-histogram rule of :func:`miregister.mi.auto_bins` (``SOFT_AUTO_FACTOR``) (Hacine-Gharbi & Ravier,
+    2018) grows with the correlation of the two images: a mono-modal pair (correlation ~0.99
+    once aligned) gets ~280 bins at 80k samples, whose finer histogram lowers the metric's bias
+    (2 mm T1 -> T1 affine: 0.047 -> 0.031 mm), a multimodal pair ~60, raised to
+    :data:`AUTO_MIN_BINS`.
+    """
+    values, weights, _ = problem.moving_samples(transform)
+    rule = auto_bins(problem.fixed_values, values, weights, factor=SOFT_AUTO_FACTOR)[0]
+    return _level_bins(max(AUTO_MIN_BINS, rule), int(problem.points.shape[1]))
+
+
 def _level_bins(bins: int, samples: int) -> int:
     """Histogram bins for a level with ``samples`` points: ``bins``, capped at ``sqrt(samples)`` (>= 8).
 
@@ -257,7 +281,7 @@ def _problem(
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=_level_bins(opts.bins, int(points.shape[1])), kernel=_level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
+        bins=_level_bins(AUTO_MIN_BINS if opts.bins == "auto" else opts.bins, int(points.shape[1])), kernel=_level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
 
@@ -284,6 +308,8 @@ def _run_levels(
         )
         if dense_factory is not None:
             problem.dense, problem.penalty_weight = dense_factory(level, indices), stage.regularization
+        if opts.bins == "auto":
+            problem.bins = _auto_bins(problem, transform)
         with torch.no_grad():
             initial, overlap = problem.metric(transform)
         values = optimize_level(
