@@ -129,12 +129,12 @@ class RegistrationOptions:
     bins : int or "auto"
         Histogram bins of the soft-binned (Parzen) MI metric. ``"auto"`` (default): per level,
         the soft joint-histogram rule of :func:`miregister.mi.auto_bins` on the level's samples
-        at its starting alignment, at least 64: it grows with the images' correlation, so an
-        aligned mono-modal pair gets ~280 bins at 80k samples (2 mm T1 -> T1 affine error
-        0.047 -> 0.031 mm) and a multimodal pair 64 (32 biased the multimodal oblique affine
-        optimum by +0.4 % in scale; 64 halves that). An int fixes the count. A level with few
-        samples uses at most ``sqrt(samples)`` bins (at least 8): a 2D slice's coarsest level
-        has only a few hundred. The bins used are in the history.
+        at its starting alignment, at least 64. It grows with the images' correlation: an
+        aligned mono-modal pair gets the rule's cap, 256 bins, at 80k samples (2 mm T1 -> T1
+        affine error 0.047 -> 0.032 mm), a multimodal pair 64 (32 biased the multimodal
+        oblique affine optimum by +0.4 % in scale; 64 halves that). An int fixes the count.
+        A level with few samples uses at most ``sqrt(samples)`` bins (at least 8): a 2D
+        slice's coarsest level has only a few hundred. The bins used are in the history.
     kernel : (str, str)
         Parzen kernels of the metric's (fixed, moving) histogram axes at the last level of
         each stage, names from :data:`miregister.mi.kernels.KERNELS`; earlier, coarser levels

@@ -217,11 +217,11 @@ AUTO_MIN_BINS = 64
 def _auto_bins(problem: LevelProblem, transform: SpatialTransform) -> int:
     """The ``bins="auto"`` count of a level, from its samples at the level's starting alignment.
 
-    The soft joint-histogram rule of :func:`miregister.mi.auto_bins` (``SOFT_AUTO_FACTOR``) (Hacine-Gharbi & Ravier,
-    2018) grows with the correlation of the two images: a mono-modal pair (correlation ~0.99
-    once aligned) gets ~280 bins at 80k samples, whose finer histogram lowers the metric's bias
-    (2 mm T1 -> T1 affine: 0.047 -> 0.031 mm), a multimodal pair ~60, raised to
-    :data:`AUTO_MIN_BINS`.
+    The soft joint-histogram rule of :func:`miregister.mi.auto_bins` with ``SOFT_AUTO_FACTOR``
+    (Hacine-Gharbi & Ravier, 2018) grows with the correlation of the two images: an aligned
+    mono-modal pair gets the rule's cap of 256 bins at 80k samples, whose finer histogram
+    lowers the metric's bias (2 mm T1 -> T1 affine: 0.047 -> 0.032 mm), a multimodal pair ~60,
+    raised to :data:`AUTO_MIN_BINS`.
     """
     values, weights, _ = problem.moving_samples(transform)
     rule = auto_bins(problem.fixed_values, values, weights, factor=SOFT_AUTO_FACTOR)[0]
@@ -246,7 +246,8 @@ def _level_kernel(kernel: tuple[str, str], last_level: bool) -> tuple[str, str]:
     Hard fixed bins (the Mattes pairing) lower the metric's bias where precision is decided,
     but the smoother histogram of a soft fixed axis widens the capture range at the coarse
     levels: with hard bins throughout, 13 of 20 starts rotated 30-50 degrees converged, with
-    soft coarse levels 16 of 20 (benchmarks/cases.py capture cases, seed 7).
+    soft coarse levels 16 of 20 (benchmarks/cases.py capture cases, 64 bins; 17 of 20 with
+    ``bins="auto"``).
     """
     return kernel if last_level else (kernel[1], kernel[1])
 
@@ -281,7 +282,8 @@ def _problem(
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=_level_bins(AUTO_MIN_BINS if opts.bins == "auto" else opts.bins, int(points.shape[1])), kernel=_level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
+        bins=_level_bins(AUTO_MIN_BINS if opts.bins == "auto" else opts.bins, int(points.shape[1])),
+        kernel=_level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
 
