@@ -22,7 +22,15 @@ _POLE = math.sqrt(3.0) - 2.0
 # Truncation of the prefilter's impulse response: |pole|^k falls below the dtype's precision
 # (|pole|^14 ~ 1e-8 for float32, |pole|^24 ~ 2e-14 for float64).
 _HALF_WIDTH = {torch.float16: 8, torch.bfloat16: 6, torch.float32: 14, torch.float64: 24}
-_CHUNK = 1 << 18  # points per pass: bounds the (C, P, 4^D) tap buffer to ~67 MB in 3D float32
+
+
+def _chunk(device: torch.device) -> int:
+    """Points per pass. On the CPU, 16k points keep each (P, 4^D) temporary under glibc's 32 MB
+    mmap threshold: larger ones are fresh mappings whose pages fault in on every call (an
+    80k-point 3D metric evaluation, fwd + bwd: 73 ms with 256k-point passes, 53 ms with 16k;
+    a whole 2 mm affine registration ~5 % faster). CUDA's caching
+    allocator has no such cost and prefers few large launches (256k points, ~67 MB of taps)."""
+    return 1 << 14 if device.type == "cpu" else 1 << 18
 
 
 def bspline_prefilter(image: Tensor) -> Tensor:
@@ -136,8 +144,9 @@ class _BSplineSample(torch.autograd.Function):
         shape = tuple(coefficients.shape[2:])
         flat = coefficients.reshape(b, c, -1)
         values_out, grads_out = [], []
-        for start in range(0, index.shape[1], _CHUNK):
-            part = index[:, start:start + _CHUNK]
+        chunk = _chunk(index.device)
+        for start in range(0, index.shape[1], chunk):
+            part = index[:, start:start + chunk]
             lin, w, dw = _taps(part, shape)
             taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, part.shape[1], -1)
             value, gradient = _contract(taps, w, dw if ctx.needs_input_grad[1] else None)
