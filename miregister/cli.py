@@ -64,8 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
     reg.add_argument("--moving-mask", help="mask on the moving grid")
     reg.add_argument("--bins", type=_bins_arg,
-                     help="histogram bins of the MI metric: an int >= 4, or auto (default: per level, from the "
-                          "images' correlation, at least 64)")
+                     help="histogram bins of the MI metric: an int >= 4, or auto (per level, from the images' "
+                          "correlation, at least 64); default: auto for linear stages, 64 for deformable ones")
     reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")

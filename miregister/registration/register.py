@@ -60,11 +60,12 @@ def register(
         A linear fixed->moving transform to start from instead of the centre initialisation.
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
-        ``bins``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
+        ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
         ``dtype``, ``validate``, ``knn_samples``, ``verbose``) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
-        ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``control_spacing`` in mm,
-        ``regularization``), either one value for all stages or a dict keyed by stage.
+        ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
+        in mm, ``regularization``, ``interpolation``), either one value for all stages or a
+        dict keyed by stage.
 
     Returns
     -------
@@ -282,7 +283,7 @@ def _problem(
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
         fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
-        bins=_level_bins(AUTO_MIN_BINS if opts.bins == "auto" else opts.bins, int(points.shape[1])),
+        bins=_level_bins(AUTO_MIN_BINS if stage.bins == "auto" else stage.bins, int(points.shape[1])),
         kernel=_level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
     )
     return problem, indices
@@ -310,7 +311,7 @@ def _run_levels(
         )
         if dense_factory is not None:
             problem.dense, problem.penalty_weight = dense_factory(level, indices), stage.regularization
-        if opts.bins == "auto":
+        if stage.bins == "auto":
             problem.bins = _auto_bins(problem, transform)
         with torch.no_grad():
             initial, overlap = problem.metric(transform)
