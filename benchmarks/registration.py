@@ -85,8 +85,8 @@ METRIC_OPTIMUM_NOTE = (
     "settles is the metric's own optimum, so its error is the bias of the metric on the case, a floor for any "
     "optimiser of it. With 64 bins and the B-spline window on both axes (the defaults before the Mattes pairing "
     "and `bins='auto'`) the floors were 0.048 / 0.059 / 0.116 mm, and on the multimodal oblique case the "
-    "optimum sat about +0.25 % in scale along the "
-    "superior-inferior axis with 64-256 bins and any extra Gaussian blur of either image, while the T1 -> T1 "
+    "optimum sat about +0.25 % in scale along the superior-inferior axis with 64-256 bins and any extra Gaussian "
+    "blur of either image, while the T1 -> T1 "
     "oblique case shows no such bias: the synthetic T2-like image is not quite consistent with the T1 once the "
     "T1 is resampled onto another grid, a limit of the data rather than of an optimiser."
 )
@@ -291,7 +291,7 @@ def run_metric_optimum(case: Case, kind: str, seed: int, threads: int, device: s
         case.fixed, case.moving, transform="affine", initial_transform=start_transform, seed=seed, device=device,
         validate=False, dtype="float64", shrink_factors=(1,), smoothing_sigmas=(0.0,), iterations=(200,), samples=10**9,
     )
-    return miregister_mapping(result.transform, case), time.perf_counter() - start, {"evaluations": result.history[-1]["evaluations"], "bins": result.history[-1]["bins"]}
+    return miregister_mapping(result.transform, case), time.perf_counter() - start, {"evaluations": result.history[-1]["evaluations"]}
 
 
 # ------------------------------------------------------------------------------ running

@@ -25,11 +25,14 @@ _HALF_WIDTH = {torch.float16: 8, torch.bfloat16: 6, torch.float32: 14, torch.flo
 
 
 def _chunk(device: torch.device) -> int:
-    """Points per pass. On the CPU, 16k points keep each (P, 4^D) temporary under glibc's 32 MB
-    mmap threshold: larger ones are fresh mappings whose pages fault in on every call (an
-    80k-point 3D metric evaluation, fwd + bwd: 73 ms with 256k-point passes, 53 ms with 16k;
-    a whole 2 mm affine registration ~5 % faster). CUDA's caching
-    allocator has no such cost and prefers few large launches (256k points, ~67 MB of taps)."""
+    """Points per pass.
+
+    On the CPU, 16k points keep each (P, 4^D) temporary under glibc's 32 MB mmap threshold:
+    larger ones are fresh mappings whose pages fault in on every call (an 80k-point 3D metric
+    evaluation, fwd + bwd: 73 ms with 256k-point passes, 53 ms with 16k; a whole 2 mm affine
+    registration ~5 % faster). CUDA's caching allocator has no such cost and prefers few large
+    launches (256k points, ~67 MB of taps).
+    """
     return 1 << 14 if device.type == "cpu" else 1 << 18
 
 

@@ -12,9 +12,10 @@ clamped onto it (they count in the edge bins), so a fixed range never drops samp
 Memory and cost
 ---------------
 The soft histogram never builds an (N, bins, bins) or (N, bins) tensor: each sample touches
-Sx x Sy bins (S = 4 for the cubic B-spline, 1 for the box), scattered in chunks of samples, and its backward
-pass recomputes the taps and gathers the Sx x Sy gradient entries. Memory beyond the inputs is
-O(chunk * S^2) for temporaries plus O(N) saved for backward (the bin coordinates).
+Sx x Sy bins (S = 4 taps per axis for the cubic B-spline, 1 for the box), scattered in chunks
+of samples, and its backward pass recomputes the taps and gathers the Sx x Sy gradient
+entries. Memory beyond the inputs is O(chunk * Sx * Sy) for temporaries plus O(N) saved for
+backward (the bin coordinates).
 """
 from __future__ import annotations
 
