@@ -39,6 +39,16 @@ def _bins_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def _kernel_arg(text: str) -> str | tuple[str, str]:
+    """``--kernel``: one kernel name, or ``FIXED,MOVING`` (names are checked with the other options)."""
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) == 1:
+        return names[0]
+    if len(names) == 2:
+        return names
+    raise argparse.ArgumentTypeError(f"expected a kernel name or FIXED,MOVING, got {text!r}")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="miregister",
@@ -66,6 +76,10 @@ def _build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--bins", type=_bins_arg,
                      help="histogram bins of the MI metric: an int >= 4, or auto (per level, from the images' "
                           "correlation, at least 64); default: auto for linear stages, 64 for deformable ones")
+    reg.add_argument("--kernel", type=_kernel_arg, metavar="K[,K]",
+                     help="Parzen kernels of the metric histogram at each stage's last level: FIXED,MOVING or one "
+                          "name for both; names box, bspline, gaussian (default box,bspline, Mattes' pairing; "
+                          "the moving kernel must not be box)")
     reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
@@ -127,7 +141,7 @@ def _register(args: argparse.Namespace) -> int:
     from .registration.qc import save_qc_figure
 
     options = {
-        "bins": args.bins, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
+        "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
         "shrink_factors": args.shrink_factors, "smoothing_sigmas": args.smoothing_sigmas,
         "iterations": args.iterations, "samples": args.samples, "control_spacing": args.control_spacing,
         "regularization": args.regularization, "interpolation": args.interpolation,

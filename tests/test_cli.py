@@ -78,3 +78,22 @@ def test_unknown_transform_exits_1_and_bad_flag_exits_2(tmp_path, capsys):
             assert exit_.code == 2
         else:  # pragma: no cover
             raise AssertionError(f"argparse should exit with 2 on {bad}")
+
+
+def test_kernel_flag_reaches_the_metric_and_is_checked(tmp_path, capsys):
+    f, m, _, _ = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    flags = ["--quiet", "--no-qc", "--no-validate", "-t", "rigid"]
+    assert main(["register", str(f), str(m), "-o", str(out), *flags, "--kernel", "gaussian,bspline"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["options"]["kernel"] == ["gaussian", "bspline"]
+    assert report["history"][-1]["kernel"] == ["gaussian", "bspline"]
+    assert report["history"][0]["kernel"] == ["bspline", "bspline"]  # coarse levels: the moving kernel on both axes
+    assert main(["register", str(f), str(m), "-o", str(tmp_path / "bad"), *flags, "--kernel", "bspline,box"]) == 1
+    assert "kernel" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    try:
+        main(["register", str(f), str(m), "-o", str(tmp_path / "bad"), "--kernel", "box,bspline,box"])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    else:  # pragma: no cover
+        raise AssertionError("argparse should exit with 2 on three kernel names")

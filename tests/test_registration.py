@@ -196,6 +196,9 @@ def test_metric_kernels_per_level_are_recorded():
     result = register(fixed, moving, "affine", validate=False, iterations=(5, 5), kernel=("gaussian", "gaussian"),
                       shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
     assert [h["kernel"] for h in result.history] == [["gaussian", "gaussian"]] * 2
+    result = register(fixed, moving, "affine", validate=False, iterations=(5,), kernel="gaussian",
+                      shrink_factors=(1,), smoothing_sigmas=(0.0,))
+    assert [h["kernel"] for h in result.history] == [["gaussian", "gaussian"]]  # one name: both axes, as in mi
 
 
 def test_auto_bins_grow_with_the_images_correlation_and_an_int_fixes_them():
@@ -223,7 +226,7 @@ def test_auto_bins_grow_with_the_images_correlation_and_an_int_fixes_them():
 
 def test_metric_kernel_option_is_checked_by_name():
     fixed, moving = _pair()
-    for bad in ("bspline", ("bspline", "box"), ("bspline", "triangle"), ("box",)):
+    for bad in ("box", "triangle", ("bspline", "box"), ("bspline", "triangle"), ("box",)):
         with pytest.raises(ValueError, match="kernel"):
             register(fixed, moving, kernel=bad)
 

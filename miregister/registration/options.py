@@ -141,9 +141,10 @@ class RegistrationOptions:
 
     Attributes
     ----------
-    kernel : (str, str)
+    kernel : str or (str, str)
         Parzen kernels of the metric's (fixed, moving) histogram axes at the last level of
-        each stage, names from :data:`miregister.mi.kernels.KERNELS`; earlier, coarser levels
+        each stage, names from :data:`miregister.mi.kernels.KERNELS` (one name: the same
+        kernel on both axes, as in :mod:`miregister.mi`); earlier, coarser levels
         use the moving kernel on both axes (a smoother histogram, a wider capture range; the
         kernels used are in the history). Default ``("box", "bspline")``, the pairing of
         Mattes et al. (2003) that ITK uses: the fixed intensities never move, so they are
@@ -178,7 +179,7 @@ class RegistrationOptions:
         Per-stage :class:`StageOptions` overrides, keyed by stage name.
     """
 
-    kernel: tuple[str, str] = ("box", "bspline")
+    kernel: str | tuple[str, str] = ("box", "bspline")
     sampling_region: str = "foreground"
     initialization: str = "moments"
     rotation_search: bool = False
@@ -193,8 +194,6 @@ class RegistrationOptions:
 
     def validate_options(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
-        if isinstance(self.kernel, str):
-            raise ValueError(f"kernel must be a (fixed, moving) pair of kernel names, got {self.kernel!r}")
         self.kernel = axis_kernels(self.kernel)
         if self.kernel[1] == "box":
             raise ValueError("kernel: the moving image's kernel must be differentiable, not 'box'")
