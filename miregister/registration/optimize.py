@@ -143,12 +143,16 @@ class LevelProblem:
 
     def evaluate(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """MI (nats, ``(1,)``), overlap fraction, and penalty (0 for linear stages)."""
-        values, weights, overlap = self.moving_samples(transform)
-        if check_overlap and float(overlap) < MIN_OVERLAP:
-            raise RegistrationError(
-                f"the images do not overlap: only {100 * float(overlap):.2f}% of the fixed samples map inside "
-                "the moving image; check the images' origins/directions or initialise differently"
-            )
+        return self.score(self.moving_samples(transform), check_overlap)
+
+    def score(
+        self, samples: tuple[Tensor, Tensor, Tensor], check_overlap: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`evaluate` on the output of :meth:`moving_samples` (for callers that also need
+        the samples themselves, so that the moving image is sampled once)."""
+        values, weights, overlap = samples
+        if check_overlap:
+            self.check_overlap(overlap)
         value = mi.soft_mutual_information(
             self.fixed_values, values, bins=self.bins, kernel=self.kernel, weights=weights,
             x_range=self.fixed_range, y_range=self.moving_range, validate=False,
@@ -157,6 +161,16 @@ class LevelProblem:
         if self.dense is not None and self.dense.penalty is not None and self.penalty_weight > 0:
             penalty = self.dense.penalty()
         return value, overlap, penalty
+
+    @staticmethod
+    def check_overlap(overlap: Tensor) -> None:
+        """Raise :class:`RegistrationError` when fewer than ``MIN_OVERLAP`` of the samples map
+        inside the moving image."""
+        if float(overlap) < MIN_OVERLAP:
+            raise RegistrationError(
+                f"the images do not overlap: only {100 * float(overlap):.2f}% of the fixed samples map inside "
+                "the moving image; check the images' origins/directions or initialise differently"
+            )
 
     def metric(self, transform: nn.Module, check_overlap: bool = True) -> tuple[Tensor, Tensor]:
         """Soft-binned MI (nats, shape ``(1,)``) and the fraction of samples inside the moving image."""

@@ -215,8 +215,9 @@ AUTO_MIN_BINS = 64
 
 
 @torch.no_grad()
-def _auto_bins(problem: LevelProblem, transform: SpatialTransform) -> int:
-    """The ``bins="auto"`` count of a level, from its samples at the level's starting alignment.
+def _auto_bins(problem: LevelProblem, samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> int:
+    """The ``bins="auto"`` count of a level, from its samples at the level's starting alignment
+    (:meth:`LevelProblem.moving_samples`).
 
     The soft joint-histogram rule of :func:`miregister.mi.auto_bins` with ``SOFT_AUTO_FACTOR``
     (Hacine-Gharbi & Ravier, 2018) grows with the correlation of the two images: an aligned
@@ -224,7 +225,7 @@ def _auto_bins(problem: LevelProblem, transform: SpatialTransform) -> int:
     lowers the metric's bias (2 mm T1 -> T1 affine: 0.047 -> 0.032 mm), a multimodal pair ~60,
     raised to :data:`AUTO_MIN_BINS`.
     """
-    values, weights, _ = problem.moving_samples(transform)
+    values, weights, _ = samples
     rule = auto_bins(problem.fixed_values, values, weights, factor=SOFT_AUTO_FACTOR)[0]
     return _level_bins(max(AUTO_MIN_BINS, rule), int(problem.points.shape[1]))
 
@@ -311,10 +312,12 @@ def _run_levels(
         )
         if dense_factory is not None:
             problem.dense, problem.penalty_weight = dense_factory(level, indices), stage.regularization
-        if stage.bins == "auto":
-            problem.bins = _auto_bins(problem, transform)
-        with torch.no_grad():
-            initial, overlap = problem.metric(transform)
+        with torch.no_grad():  # the moving image is sampled once for the overlap check, auto bins and mi_start
+            samples = problem.moving_samples(transform)
+            problem.check_overlap(samples[2])
+            if stage.bins == "auto":
+                problem.bins = _auto_bins(problem, samples)
+            initial, overlap, _ = problem.score(samples, check_overlap=False)
         values = optimize_level(
             transform, problem, iterations, opts.optimizer,
             on_iteration=None if progress is None else (lambda v: progress.update(1)),
