@@ -85,8 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
     reg.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
     reg.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
-    reg.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm (default 2 1 0)")
-    reg.add_argument("--iterations", type=int, nargs="+", metavar="N", help="maximum iterations per level")
+    reg.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm, or one for all levels (default 2 1 0)")
+    reg.add_argument("--iterations", type=int, nargs="+", metavar="N", help="maximum iterations per level, or one number for all levels")
     reg.add_argument("--samples", type=int, help="fixed-image samples per level")
     reg.add_argument("--control-spacing", type=float, metavar="MM", help="B-spline control spacing / SVF grid spacing in mm")
     reg.add_argument("--regularization", type=float, help="weight of the deformation penalty")
@@ -146,7 +146,8 @@ def _register(args: argparse.Namespace) -> int:
         "iterations": args.iterations, "samples": args.samples, "control_spacing": args.control_spacing,
         "regularization": args.regularization, "interpolation": args.interpolation,
     }
-    options = {k: v for k, v in options.items() if v is not None}
+    # One value given for a per-level option holds for every level (as in register()).
+    options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
     result = register(
         args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,

@@ -249,6 +249,28 @@ def test_unknown_interpolation_is_rejected_by_name():
         build_options(["affine"], interpolation="cubic")
 
 
+def test_per_level_options_take_one_number_for_every_level():
+    from miregister.registration.options import build_options
+
+    options = build_options(["rigid", "bspline"], iterations=7, smoothing_sigmas=0)
+    assert options.stage("rigid").iterations == (7, 7, 7) and options.stage("bspline").iterations == (7, 7, 7)
+    assert options.stage("rigid").smoothing_sigmas == (0.0, 0.0, 0.0)
+    single = build_options(["affine"], shrink_factors=1, iterations={"affine": 9}).stage("affine")
+    assert (single.shrink_factors, single.smoothing_sigmas, single.iterations) == ((1,), (0.0,), (9,))
+    two = build_options(["affine"], shrink_factors=(2, 1), iterations=(5, 3)).stage("affine")
+    assert (two.shrink_factors, two.iterations) == ((2, 1), (5, 3))
+    with pytest.raises(ValueError, match="same non-zero length"):
+        build_options(["affine"], shrink_factors=(2, 1), iterations=(5, 3, 1))
+
+
+def test_per_stage_dict_naming_a_stage_outside_the_chain_is_refused():
+    from miregister.registration.options import build_options
+
+    with pytest.raises(ValueError, match=r"iterations: stage\(s\) \['bspline'\] are not in the chain 'rigid\+affine'"):
+        build_options(["rigid", "affine"], iterations={"bspline": (1, 1, 1)})
+    assert build_options(["rigid", "affine"], iterations={"affine": 4}).stage("rigid").iterations == (100, 60, 30)
+
+
 @pytest.mark.parametrize("seed", [4, 29, 41, 46, 51])
 def test_2d_affine_is_not_thrown_off_by_tiny_input_changes(seed):
     """Seeded 2D cases (rotation <= 15 deg, shift <= 8 mm, scale +-5 %) with a 1e-5 relative

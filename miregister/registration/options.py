@@ -225,13 +225,17 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
 
     Global keywords set :class:`RegistrationOptions` fields. Stage keywords
     (``shrink_factors``, ``smoothing_sigmas``, ``iterations``, ``samples``, ``bins``,
-    ``control_spacing``, ``regularization``, ``interpolation``) apply to every stage of the chain unless given as a dict keyed by stage
-    name, e.g. ``iterations={"affine": (200, 100, 50)}``.
+    ``control_spacing``, ``regularization``, ``interpolation``) apply to every stage of the
+    chain unless given as a dict keyed by stage name, e.g. ``iterations={"affine": (200, 100,
+    50)}``. The per-level ones take a sequence (coarse to fine) or a single number:
+    ``iterations=50`` and ``smoothing_sigmas=0`` hold for every level, ``shrink_factors=1``
+    is a single full-resolution level.
 
     Raises
     ------
     ValueError / TypeError
-        For an unknown keyword (naming it) or a value out of range.
+        For an unknown keyword (naming it), a value out of range, or a per-stage dict naming a
+        stage that is not in the chain.
     """
     global_names = {f.name for f in fields(RegistrationOptions)} - {"stages"}
     stage_names = {f.name for f in fields(StageOptions)}
@@ -240,6 +244,11 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
         raise TypeError(
             f"unknown registration option(s) {sorted(unknown)}; known: {sorted(global_names | stage_names)}"
         )
+    for name in stage_names & set(overrides):
+        if isinstance(overrides[name], dict) and set(overrides[name]) - set(stages):
+            raise ValueError(
+                f"{name}: stage(s) {sorted(set(overrides[name]) - set(stages))} are not in the chain {'+'.join(stages)!r}"
+            )
     options = RegistrationOptions(**{k: v for k, v in overrides.items() if k in global_names})
     for kind in stages:
         stage = default_stage_options(kind)
@@ -250,13 +259,14 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
                 if kind not in value:
                     continue
                 value = value[kind]
-            if name in ("shrink_factors", "iterations"):
-                value = tuple(int(v) for v in value)
-            elif name == "smoothing_sigmas":
-                value = tuple(float(v) for v in value)
             changes[name] = value
+        if "shrink_factors" in changes:
+            changes["shrink_factors"] = _per_level(changes["shrink_factors"], int, 1)
+        n = len(changes.get("shrink_factors", stage.shrink_factors))
+        for name, cast in (("iterations", int), ("smoothing_sigmas", float)):
+            if name in changes:
+                changes[name] = _per_level(changes[name], cast, n)
         stage = replace(stage, **changes)
-        n = len(stage.shrink_factors)
         # Let users change the number of levels with shrink_factors alone.
         if "smoothing_sigmas" not in changes and len(stage.smoothing_sigmas) != n:
             stage = replace(stage, smoothing_sigmas=tuple(f / 2.0 if f > 1 else 0.0 for f in stage.shrink_factors))
@@ -266,6 +276,13 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
         options.stages[kind] = stage
     options.validate_options()
     return options
+
+
+def _per_level(value: Any, cast: type, levels: int) -> tuple:
+    """Per-level values: a sequence as given, a single number repeated for each of ``levels``."""
+    if isinstance(value, (int, float)):
+        return (cast(value),) * levels
+    return tuple(cast(v) for v in value)
 
 
 def stage_to_dict(stage: StageOptions) -> dict[str, Any]:
