@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "apply":
             return _apply(args)
         return _mi(args)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, RuntimeError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         print(f"miregister {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INPUT
 
@@ -148,6 +148,8 @@ def _register(args: argparse.Namespace) -> int:
     }
     # One value given for a per-level option holds for every level (as in register()).
     options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
+    out = Path(args.output)
+    _check_register_output(out, args.transform, args.transform_format)  # before minutes of work, not after
     result = register(
         args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
@@ -155,7 +157,6 @@ def _register(args: argparse.Namespace) -> int:
     )
     from .io import write_image
 
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Everything is written to a staging folder first, then moved into place, so a failure
     # leaves no half-written output.
@@ -164,8 +165,6 @@ def _register(args: argparse.Namespace) -> int:
         written = []
         linear = result.transform.is_linear
         fmt = args.transform_format or ("tfm" if linear else "h5")
-        if linear and fmt == "h5" or not linear and fmt in ("tfm", "mat"):
-            raise ValueError(f"--transform-format {fmt} does not suit a {'linear' if linear else 'deformable'} transform")
         written.append(result.save_transform(staging / f"transform.{fmt}"))
         if not linear:
             written.append(result.save_transform(staging / "displacement.nii.gz"))
@@ -185,6 +184,21 @@ def _register(args: argparse.Namespace) -> int:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")
     return EXIT_OK
+
+
+def _check_register_output(out: Path, transform: str, transform_format: str | None) -> None:
+    """Refuse, before registering, an output that cannot be written: ``out`` is an existing
+    file, or the transform format does not suit the transform chain."""
+    from .registration.options import DEFORMABLE_STAGES, parse_stages
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} exists and is not a folder")
+    linear = not any(stage in DEFORMABLE_STAGES for stage in parse_stages(transform))
+    if transform_format is not None and (linear and transform_format == "h5" or not linear and transform_format != "h5"):
+        raise ValueError(
+            f"--transform-format {transform_format} does not suit a {'linear' if linear else 'deformable'} transform "
+            f"(use {'tfm or mat' if linear else 'h5'})"
+        )
 
 
 def _apply(args: argparse.Namespace) -> int:

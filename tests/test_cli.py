@@ -97,3 +97,22 @@ def test_kernel_flag_reaches_the_metric_and_is_checked(tmp_path, capsys):
         assert exit_.code == 2
     else:  # pragma: no cover
         raise AssertionError("argparse should exit with 2 on three kernel names")
+
+
+def test_unwritable_output_and_bad_device_are_refused_before_registering(tmp_path, capsys, monkeypatch):
+    import miregister.registration as registration
+
+    f, m, _, _ = _write_pair(tmp_path)
+    calls = []
+    real = registration.register
+    monkeypatch.setattr(registration, "register", lambda *a, **k: calls.append(1) or real(*a, **k))
+    existing_file = tmp_path / "taken"
+    existing_file.write_text("not a folder")
+    assert main(["register", str(f), str(m), "-o", str(existing_file), "--quiet"]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err and existing_file.read_text() == "not a folder"
+    out = tmp_path / "out"
+    assert main(["register", str(f), str(m), "-o", str(out), "-t", "affine+bspline", "--transform-format", "tfm", "-q"]) == 1
+    assert "does not suit a deformable transform" in capsys.readouterr().err and not out.exists()
+    assert calls == []  # neither ran a registration
+    assert main(["register", str(f), str(m), "-o", str(out), "--device", "tpu", "-q"]) == 1
+    assert "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'" in capsys.readouterr().err and not out.exists()
