@@ -81,7 +81,8 @@ def cubic_bspline_weights(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`cubic_bspline_weights` stacked ``(..., 4)``, and their derivatives in ``t``.
+    """:func:`cubic_bspline_weights` of ``t`` ``(B, D, P)`` stacked tap-major ``(B, D, 4, P)``,
+    and their derivatives in ``t``.
 
     The same polynomials, written in the factored form the sampler was tuned with: calling
     :func:`cubic_bspline_weights` instead changes float32 results by an ulp, which is enough to
@@ -90,54 +91,64 @@ def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
     """
     t2 = t * t
     s = 1.0 - t
-    w = torch.stack((s * s * s, 3.0 * t2 * t - 6.0 * t2 + 4.0, -3.0 * t2 * t + 3.0 * t2 + 3.0 * t + 1.0, t2 * t), -1) / 6.0
-    dw = torch.stack((-0.5 * s * s, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2), -1)
+    w = torch.stack((s * s * s, 3.0 * t2 * t - 6.0 * t2 + 4.0, -3.0 * t2 * t + 3.0 * t2 + 3.0 * t + 1.0, t2 * t), -2) / 6.0
+    dw = torch.stack((-0.5 * s * s, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2), -2)
     return w, dw
 
 
 def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Flat tap indices ``(B, P, 4^D)`` into the volume, weights and weight derivatives ``(B, P, D, 4)``.
+    """Flat tap indices ``(B, 4^D, P)`` into the volume, weights and weight derivatives ``(B, D, 4, P)``.
 
+    Everything is tap-major (points last), so that the contraction adds contiguous vectors.
     Taps beyond the image are mirrored back into it (as ``scipy.ndimage`` ``mode="mirror"``).
     Tap order is row-major over ``(z, y, x)`` taps, i.e. the last tap axis is x (index axis 0).
     """
     d = index.shape[-1]
-    base = torch.floor(index)
-    w, dw = _weights(index - base)
-    offsets = torch.arange(-1, 3, device=index.device)
-    lin = torch.zeros(index.shape[:-1] + (1,) * d, dtype=torch.long, device=index.device)
-    for axis in range(d):  # axis 0 is x, the last tensor dimension
+    position = index.transpose(1, 2)  # (B, D, P)
+    base = torch.floor(position)
+    w, dw = _weights(position - base)
+    offsets = torch.arange(-1, 3, device=index.device)[:, None]
+    lin = None
+    for axis in range(d - 1, -1, -1):  # z (the slowest tap axis) first
         size = shape[d - 1 - axis]
         stride = math.prod(shape[d - axis:])
-        taps = fold_indices(base[..., axis].long()[..., None] + offsets, size, "mirror") * stride
-        view = [1] * d
-        view[d - 1 - axis] = 4
-        lin = lin + taps.reshape(index.shape[:-1] + tuple(view))
-    return lin.reshape(index.shape[:-1] + (-1,)), w, dw
+        taps = fold_indices(base[:, axis, None].long() + offsets, size, "mirror") * stride  # (B, 4, P)
+        lin = taps if lin is None else (lin[:, :, None] + taps[:, None]).flatten(1, 2)
+    return lin, w, dw
+
+
+def _dot(taps: Tensor, factor: Tensor) -> Tensor:
+    """``sum_k taps[..., k, :] * factor[:, None, None, k, :]``: ``(B, C, R, 4, P)`` against
+    ``(B, 4, P)`` gives ``(B, C, R, P)``, by four passes over contiguous vectors."""
+    factor = factor[:, None, None]
+    out = taps[..., 0, :] * factor[..., 0, :]
+    for k in range(1, 4):
+        out = out.addcmul_(taps[..., k, :], factor[..., k, :])
+    return out
 
 
 def _contract(taps: Tensor, w: Tensor, dw: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Sum the taps ``(B, C, P, 4^D)`` against the per-axis weights ``(B, P, D, 4)``.
+    """Sum the taps ``(B, C, 4^D, P)`` against the per-axis weights ``(B, D, 4, P)``.
 
     Returns the value ``(B, C, P)`` and, when ``dw`` is given, the index gradient
-    ``(B, C, P, D)``. Both come out of one pass: each axis is contracted against its weights and
-    their derivatives together (a (4 x 2) factor), so the variants multiply but the taps are read
-    once per axis.
+    ``(B, C, P, D)``. Axes are contracted one at a time, x first (the fastest tap axis); the
+    value and the D first derivatives are carried along (not the 2^D mixed variants), each
+    reusing the partial sums of the axes before it.
     """
-    b, c, p = taps.shape[:3]
-    d = w.shape[2]
-    factors = w.unsqueeze(-1) if dw is None else torch.stack((w, dw), -1)  # (B, P, D, 4, V)
-    out = taps.reshape(b, c, p, -1, 4, 1)  # (..., remaining taps, this axis' taps, variants)
-    for axis in range(d):  # the last tap dimension is x (axis 0), then y, then z
-        out = torch.einsum("bcprkv,bpkl->bcprvl", out, factors[:, :, axis]).flatten(-2)
+    b, c, _, p = taps.shape
+    d = w.shape[1]
+    value = taps.reshape(b, c, -1, 4, p)
+    partials: list[Tensor] = []  # derivative along each axis contracted so far
+    for axis in range(d):
+        if dw is not None:
+            partials = [_dot(g.reshape(b, c, -1, 4, p), w[:, axis]) for g in partials]
+            partials.append(_dot(value, dw[:, axis]))
+        value = _dot(value, w[:, axis])
         if axis < d - 1:
-            out = out.reshape(b, c, p, -1, 4, out.shape[-1])
-    out = out.reshape(b, c, p, -1)
-    value = out[..., 0]
+            value = value.reshape(b, c, -1, 4, p)
     if dw is None:
-        return value, None
-    # variant bits: axis a's derivative is bit (d - 1 - a) of the variant index
-    return value, torch.stack([out[..., 1 << (d - 1 - a)] for a in range(d)], -1)
+        return value[:, :, 0], None
+    return value[:, :, 0], torch.stack([g[:, :, 0] for g in partials], -1)
 
 
 class _BSplineSample(torch.autograd.Function):
@@ -151,7 +162,7 @@ class _BSplineSample(torch.autograd.Function):
         for start in range(0, index.shape[1], chunk):
             part = index[:, start:start + chunk]
             lin, w, dw = _taps(part, shape)
-            taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, part.shape[1], -1)
+            taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, lin.shape[1], -1)
             value, gradient = _contract(taps, w, dw if ctx.needs_input_grad[1] else None)
             values_out.append(value)
             if gradient is not None:
@@ -172,10 +183,10 @@ class _BSplineSample(torch.autograd.Function):
             b, c = grad.shape[:2]
             lin, w, _ = _taps(index, shape)
             d = len(shape)
-            weight = w[..., d - 1, :]  # outer product of per-axis weights in (z, y, x) tap order
+            weight = w[:, d - 1]  # outer product of per-axis weights in (z, y, x) tap order, (B, 4^D, P)
             for axis in range(d - 2, -1, -1):
-                weight = (weight.unsqueeze(-1) * w[..., axis, None, :]).flatten(-2)
-            contrib = (grad.unsqueeze(-1) * weight.unsqueeze(1)).reshape(b, c, -1)
+                weight = (weight[:, :, None] * w[:, axis, None]).flatten(1, 2)
+            contrib = (grad.unsqueeze(2) * weight.unsqueeze(1)).reshape(b, c, -1)
             flat = torch.zeros(b, c, math.prod(shape), dtype=grad.dtype, device=grad.device)
             flat.scatter_add_(2, lin.reshape(b, 1, -1).expand(b, c, -1), contrib)
             grad_coefficients = flat.reshape((b, c) + shape)
