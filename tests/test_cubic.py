@@ -20,6 +20,21 @@ def test_values_match_scipy_map_coordinates(shape):
     np.testing.assert_allclose(ours, theirs, atol=1e-10)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 9])
+def test_mirror_taps_at_the_edges_match_scipy_for_every_size(size):
+    """Points over the whole exact range [-1, size] of each axis, on small axes where the
+    taps reach past both edges (sizes < 5 fold by the general rule, larger ones by the
+    single reflection)."""
+    rng = np.random.default_rng(size)
+    shape = (size, 6)
+    image = rng.normal(size=shape)
+    index = np.stack([rng.uniform(-1, 6, 400), rng.uniform(-1, size, 400)], axis=1)  # x-first
+    coefficients = bspline_prefilter(torch.as_tensor(image)[None, None])
+    ours = bspline_sample(coefficients, torch.as_tensor(index)[None])[0, 0].numpy()
+    theirs = ndimage.map_coordinates(image, index[:, ::-1].T, order=3, mode="mirror")
+    np.testing.assert_allclose(ours, theirs, atol=1e-10)
+
+
 @pytest.mark.parametrize("shape", [(6, 8), (5, 6, 7)])
 def test_gradients_match_finite_differences(shape):
     torch.manual_seed(0)
