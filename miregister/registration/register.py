@@ -65,7 +65,8 @@ def register(
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
         in mm, ``regularization``, ``interpolation``), either one value for all stages or a
-        dict keyed by stage.
+        dict keyed by stage; the per-level ones (``shrink_factors``, ``smoothing_sigmas``,
+        ``iterations``) a sequence, coarse to fine, or one number for every level.
 
     Returns
     -------
