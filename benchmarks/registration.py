@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -538,8 +539,7 @@ def markdown(accuracy: list[dict], capture: list[dict], args, notes: list[str]) 
     lines.append(
         "Error: distance (mm) between the found and the known fixed->moving mapping at the fixed "
         "image's brain voxels (mean, 95th percentile, max). Time: wall clock of the registration "
-        "call. `python benchmarks/registration.py"
-        + (" --quick" if args.quick else "") + f" --cases {','.join(args.cases)}`."
+        "call. `" + shlex.join(["python", "benchmarks/registration.py", *sys.argv[1:]]) + "`."
     )
     lines.append("")
     if accuracy:
