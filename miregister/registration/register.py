@@ -309,6 +309,7 @@ def _run_levels(
     dense_factory=None,
 ) -> None:
     progress = _progress(opts, kind, sum(stage.iterations))
+    level_end = 0  # where the progress bar stands when the current level is done
     for level_index, (factor, sigma, iterations) in enumerate(
         zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)
     ):
@@ -326,9 +327,10 @@ def _run_levels(
             if stage.bins == "auto":
                 problem.bins = _auto_bins(problem, samples)
             initial, overlap, _ = problem.score(samples, check_overlap=False)
+        level_end += iterations
         values = optimize_level(
             transform, problem, iterations, opts.optimizer,
-            on_iteration=None if progress is None else (lambda v: progress.update(1)),
+            on_iteration=None if progress is None else (lambda _, end=level_end: _advance(progress, end)),
         )
         with torch.no_grad():
             final, overlap = problem.metric(transform)
@@ -340,8 +342,18 @@ def _run_levels(
             "mi_start": float(initial[0]), "mi_end": float(final[0]), "overlap": float(overlap),
             "objective": values, "seconds": time.perf_counter() - level_start,
         })
+        if progress is not None:  # a level that converged early, or evaluated past its budget, ends at its mark
+            _advance(progress, level_end, to_end=True)
     if progress is not None:
         progress.close()
+
+
+def _advance(progress, level_end: int, to_end: bool = False) -> None:
+    """Move the bar one evaluation on (or to ``level_end``), never past the current level's mark:
+    L-BFGS's line search may evaluate more often than the level's iteration budget."""
+    step = level_end - progress.n if to_end else min(1, level_end - progress.n)
+    if step > 0:
+        progress.update(step)
 
 
 def _progress(opts: RegistrationOptions, kind: str, total: int):
