@@ -12,6 +12,7 @@ registration  ``register(fixed, moving)`` and its result
 from __future__ import annotations
 
 from . import io, mi, transforms, warp
+from .errors import InputError, MiregisterError, OutputError, UsageError
 from .grid import Grid
 from .image import Image
 from .io import read_image, write_image
@@ -21,7 +22,8 @@ from .transforms.io import read_transform, write_transform
 __version__ = "0.1.0"
 
 __all__ = [
-    "Grid", "Image", "register", "RegistrationResult", "RegistrationError",
+    "Grid", "Image", "register", "RegistrationResult",
+    "MiregisterError", "UsageError", "InputError", "RegistrationError", "OutputError",
     "read_image", "write_image", "read_transform", "write_transform",
     "io", "mi", "transforms", "warp", "__version__",
 ]

@@ -1,5 +1,5 @@
 """Registration: ``register(fixed, moving)``, its options and its result."""
-from .optimize import RegistrationError
+from ..errors import RegistrationError
 from .options import RegistrationOptions, StageOptions
 from .register import register
 from .result import RegistrationResult

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .. import mi
+from ..errors import RegistrationError
 from ..grid import Grid
 from ..warp import sample
 
@@ -26,10 +27,6 @@ __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "RegistrationEr
 _ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
 #: Fraction of the fixed samples that must map inside the moving image for a usable metric.
 MIN_OVERLAP = 0.02
-
-
-class RegistrationError(ValueError):
-    """A registration that cannot proceed: no overlap, empty mask, diverging metric, ..."""
 
 
 class _Scaled(nn.Module):
