@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Regenerate the sample images in ``data/`` from the MNI152 template in nilearn.
+"""Regenerate the sample images (``miregister/data/``, linked from ``data/``) from the MNI152 template in nilearn.
 
 Run from the repository root::
 
-    python data/make_data.py              # writes into data/
+    python data/make_data.py              # writes into miregister/data/ (data/<file> links there)
     python data/make_data.py --out DIR    # writes into DIR instead
 
 Source: the MNI ICBM152 2009a nonlinear symmetric template (T1 and the grey- and
@@ -213,9 +213,10 @@ def write_images(images: dict[str, sitk.Image], out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    here = Path(__file__).resolve().parent
+    # The images are package data (shipped in the wheel); data/<file> are links to them.
+    package_data = Path(__file__).resolve().parents[1] / "miregister" / "data"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=here, help="output folder (default: data/)")
+    ap.add_argument("--out", type=Path, default=package_data, help="output folder (default: miregister/data/)")
     ap.add_argument(
         "--source-dir",
         type=Path,

@@ -1,4 +1,4 @@
-"""Checks of the sample images shipped in data/ (see data/README.md)."""
+"""Checks of the sample images shipped in miregister/data/ (linked from data/; see data/README.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from miregister import data as sample_data
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"  # make_data.py and the links data/<file> -> miregister/data/<file>
+PACKAGE_DATA = ROOT / "miregister" / "data"
 
 T1 = "mni152_t1_2mm.nii.gz"
 T2LIKE = "mni152_t2like_2mm.nii.gz"
@@ -26,7 +30,7 @@ DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 def read(name: str) -> sitk.Image:
-    return sitk.ReadImage(str(DATA / name))
+    return sitk.ReadImage(str(sample_data.path(name)))
 
 
 def arr(name: str) -> np.ndarray:
@@ -42,7 +46,7 @@ def load_make_data():
 
 @pytest.mark.parametrize("name", VOLUMES + SLICES)
 def test_file_exists_and_reads(name):
-    assert (DATA / name).is_file()
+    assert sample_data.path(name).is_file()
     img = read(name)
     assert img.GetPixelID() == sitk.sitkUInt8
     assert sitk.GetArrayViewFromImage(img).max() > 0
@@ -117,3 +121,23 @@ def test_make_data_regenerates_shipped_files(tmp_path):
             assert d.max() <= 1 and d.mean() < 1e-3
         else:
             np.testing.assert_array_equal(a, b)
+
+
+def test_package_data_is_the_one_copy_and_data_links_to_it():
+    """One copy of each image in git (miregister/data/, shipped in the wheel); data/<file> links there."""
+    names = sample_data.list()
+    assert set(VOLUMES + SLICES) | {"mni152_t2like_moved_2mm.nii.gz"} == {n + ".nii.gz" for n in names}
+    for name in names:
+        packaged = sample_data.path(name)
+        assert packaged.parent.resolve() == PACKAGE_DATA.resolve()
+        link = DATA / packaged.name
+        assert link.is_symlink() and link.resolve() == packaged.resolve()
+        assert not Path(link.readlink()).is_absolute()  # works wherever the checkout is
+
+
+def test_unknown_sample_name_is_a_usage_error():
+    from miregister.errors import UsageError
+
+    with pytest.raises(UsageError, match="mni152_t1_2mm"):
+        sample_data.path("mni152_t3_2mm")
+    assert sample_data.path("mni152_t1_2mm.nii.gz") == sample_data.path("mni152_t1_2mm")
