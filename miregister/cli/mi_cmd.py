@@ -1,4 +1,11 @@
-"""``miregister mi``: MI between two images by soft bins, KDE and KNN, and NMI."""
+"""``miregister mi``: MI between two images by soft bins, KDE and KNN, and NMI.
+
+It measures exactly what ``register`` reports as MI before/after
+(:func:`miregister.registration.validation.compare`): the same region (the mask, else the first
+image's foreground, intersected with the overlap) and the same bins, so
+``miregister mi FIXED OUT/warped.nii.gz`` prints the report's ``after`` values and
+``miregister mi FIXED MOVING`` its ``before`` values.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,47 +16,55 @@ from .common import EXIT_OK, add_command
 
 def add_parser(commands) -> None:
     """Declare the ``mi`` sub-command and its options."""
+    from ..registration.validation import REPORT_BINS
+
     mi_cmd = add_command(commands, "mi", "print MI between two images by soft bins, KDE and KNN, and NMI")
-    mi_cmd.add_argument("image1", help="first image (its grid is used)")
+    mi_cmd.add_argument("image1", help="first image, the fixed one (its grid is used)")
     mi_cmd.add_argument("image2", help="second image (resampled onto the first grid if needed, identity transform)")
-    mi_cmd.add_argument("--mask", help="mask on the first image's grid")
-    mi_cmd.add_argument("--bins", type=int, default=32, help="bins for the soft-bins MI and NMI (default 32)")
+    mi_cmd.add_argument("--mask", help="mask on the first image's grid: measure only its non-zero voxels")
+    mi_cmd.add_argument("--region", choices=("foreground", "all"), default="foreground",
+                        help="without --mask: the first image's foreground (Otsu threshold + 10 mm, the region "
+                             "register samples and reports) or all voxels; always intersected with the overlap "
+                             "(default foreground)")
+    mi_cmd.add_argument("--bins", type=int, default=REPORT_BINS,
+                        help=f"bins for the soft-bins MI and NMI (default {REPORT_BINS}, as register's report)")
     mi_cmd.add_argument("--knn-samples", type=int, default=20000, help="voxels subsampled for KDE and KNN (default 20000)")
-    mi_cmd.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0)")
+    mi_cmd.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0, as register's)")
     mi_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mi_cmd.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError, UsageError
     from ..io import as_image, check_image
-    from ..registration.validation import mi_measures
+    from ..registration.validation import INSIDE_MARGIN, compare, measurement_region
     from ..warp import warp
-    import torch
 
+    if args.bins < 2:
+        raise UsageError(f"--bins must be >= 2, got {args.bins}")
     a, b = as_image(args.image1), as_image(args.image2)
     if a.ndim != b.ndim:
-        raise ValueError(f"{args.image1} is {a.ndim}D but {args.image2} is {b.ndim}D")
+        raise InputError(f"{args.image1} is {a.ndim}D but {args.image2} is {b.ndim}D")
     check_image(a, args.image1)
     check_image(b, args.image2)
-    region = torch.ones(a.shape, dtype=torch.bool)
+    mask = None
     if args.mask:
         mask = as_image(args.mask)
         if not mask.grid.same_as(a.grid, tolerance=1e-3):
-            raise ValueError(f"the mask {args.mask} is not on the grid of {args.image1}")
-        region &= mask.data[0] != 0
-        if not bool(region.any()):
-            raise ValueError(f"the mask {args.mask} is empty")
-    values_b, inside = warp(b.batch(), b.grid, None, a.grid, return_inside=True)
-    region &= inside[0]
-    if int(region.sum()) < 100:
-        raise ValueError("the images barely overlap in physical space (fewer than 100 common voxels)")
-    stats = mi_measures(a.data[0][region], values_b[0, 0][region], args.bins, args.knn_samples, args.seed)
+            raise InputError(f"the mask {args.mask} is not on the grid of {args.image1}")
+        if not bool((mask.data[0] != 0).any()):
+            raise InputError(f"the mask {args.mask} is empty")
+    region, description = measurement_region(a, mask, args.region)
+    values_b, inside = warp(b.batch(), b.grid, None, a.grid, return_inside=True, margin=INSIDE_MARGIN)
+    stats = compare(a, values_b[0, 0], inside[0], region, description, args.bins, args.knn_samples, args.seed)
+    if stats is None:
+        raise InputError("the images barely overlap in physical space (fewer than 100 common voxels in the region)")
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
     else:
-        print(f"voxels compared: {stats['samples']}")
-        print(f"MI soft bins ({args.bins} bins): {stats['soft_bins']:.4f} nats")
+        print(f"region: {stats['region']}, {stats['samples']} voxels ({stats['overlap_fraction']:.1%} of the region)")
+        print(f"MI soft bins ({stats['bins']} bins): {stats['soft_bins']:.4f} nats")
         print(f"MI KDE:                 {stats['kde']:.4f} nats")
         print(f"MI KNN (k=3):           {stats['knn']:.4f} nats")
-        print(f"NMI (Studholme):        {stats['nmi']:.4f}")
+        print(f"NMI (Studholme, {stats['bins']} bins): {stats['nmi']:.4f}")
     return EXIT_OK

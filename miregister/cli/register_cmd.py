@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .common import EXIT_OK, add_command
@@ -27,15 +28,27 @@ def _kernel_arg(text: str) -> str | tuple[str, str]:
     raise argparse.ArgumentTypeError(f"expected a kernel name or FIXED,MOVING, got {text!r}")
 
 
+def _config_arg(text: str) -> dict:
+    """``--config``: the file's ``register`` keywords (:func:`miregister.config.load_config`); a
+    bad file or an unknown key is a command-line error (exit 2) naming the problem."""
+    from ..config import load_config
+    from ..errors import UsageError
+
+    try:
+        return load_config(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_parser(commands) -> None:
     """Declare the ``register`` sub-command and its options."""
     reg = add_command(commands, "register", "register MOVING onto FIXED and write transform, warped image, report and QC picture")
     reg.add_argument("fixed", help="fixed image file or DICOM folder (defines the output grid)")
     reg.add_argument("moving", help="moving image file or DICOM folder")
     reg.add_argument("-o", "--output", required=True, help="output folder (created; existing files of the same name are replaced)")
-    reg.add_argument("-t", "--transform", default="affine",
+    reg.add_argument("-t", "--transform", default=None,
                      help="translation, rigid, similarity, affine, bspline, svf, or a chain such as rigid+affine+bspline (default: affine)")
-    reg.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
+    reg.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
     reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
     reg.add_argument("--moving-mask", help="mask on the moving grid")
     reg.add_argument("--bins", type=_bins_arg,
@@ -63,6 +76,9 @@ def add_parser(commands) -> None:
     reg.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
     reg.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
     reg.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    reg.add_argument("--config", type=_config_arg, metavar="FILE",
+                     help="JSON or TOML file of register() keywords (transform, fixed_mask, moving_mask and any option; "
+                          "see miregister.config), or a report.json to rerun its registration; flags given here override it")
     reg.set_defaults(run=run)
 
 
@@ -78,6 +94,16 @@ def run(args: argparse.Namespace) -> int:
     }
     # One value given for a per-level option holds for every level (as in register()).
     options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
+    # --config: the file's keywords under the flags given on the command line; -q alone decides verbosity.
+    config = dict(args.config or {})
+    config.pop("verbose", None)
+    args.transform = args.transform or config.pop("transform", "affine")
+    args.device = args.device or config.pop("device", "auto")
+    args.fixed_mask = args.fixed_mask or config.pop("fixed_mask", None)
+    args.moving_mask = args.moving_mask or config.pop("moving_mask", None)
+    args.rotation_search = args.rotation_search or bool(config.pop("rotation_search", False))
+    args.no_validate = args.no_validate or not config.pop("validate", True)
+    options = {**config, **options}
     out = Path(args.output)
     _check_register_output(out, args.transform, args.transform_format)  # before minutes of work, not after
     result = register(
@@ -85,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
         verbose=not args.quiet, **options,
     )
+    result.command_line = list(sys.argv)  # provenance: report.json "command_line"
     final = write_run(result, out, transform_format=args.transform_format, qc=not args.no_qc)
     if not args.quiet:
         print(result.summary())

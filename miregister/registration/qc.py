@@ -1,20 +1,39 @@
-"""Quality-control picture: checkerboards and joint histograms before and after registration."""
+"""Quality-control picture: checkerboards and joint histograms before and after registration,
+and the Jacobian determinant of a deformable stage.
+
+Every plane is named by its anatomical view (axial, coronal, sagittal), found from the fixed
+image's direction matrix (LPS), and its edges carry the anatomical letters (R/L, A/P, S/I) of
+the direction each screen axis points to, so an oblique or sagittally acquired volume is shown
+with the right names. Checkerboard tiles alternate fixed (F, the bottom-left tile as drawn) and
+moving (M); the letters mark the first two tiles.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..grid import Grid
 from ..warp import warp
 from .result import RegistrationResult
 
-__all__ = ["checkerboard", "save_qc_figure"]
+__all__ = ["checkerboard", "plane_views", "qc_figure", "save_qc_figure"]
+
+#: Letters at the positive / negative end of each LPS axis.
+_POSITIVE, _NEGATIVE = "LPS", "RAI"
+#: The view whose plane is perpendicular to LPS axis 0 (x), 1 (y), 2 (z).
+_VIEW_OF_NORMAL = ("sagittal", "coronal", "axial")
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Interleave two 2-D arrays of the same shape in ``tiles x tiles`` squares (each scaled to [0, 1])."""
+    """Interleave two 2-D arrays of the same shape in ``tiles x tiles`` squares (each scaled to [0, 1]).
+
+    Tile ``(0, 0)`` (first row, first column) and every tile an even number of steps from it
+    come from ``a``; the others from ``b``.
+    """
     a, b = _unit(a), _unit(b)
     rows = (np.arange(a.shape[0]) * tiles // max(a.shape[0], 1))[:, None]
     cols = (np.arange(a.shape[1]) * tiles // max(a.shape[1], 1))[None, :]
@@ -26,12 +45,52 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / max(high - low, 1e-12), 0, 1)
 
 
-def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Middle axial, coronal and sagittal planes of a ([Z,] Y, X) array (one plane for 2-D)."""
-    if volume.ndim == 2:
-        return [volume]
-    z, y, x = (n // 2 for n in volume.shape)
-    return [volume[z], volume[:, y], volume[:, :, x]]
+def _letter(direction: np.ndarray) -> str:
+    """Anatomical letter (LPS) toward which a physical direction mostly points."""
+    axis = int(np.argmax(np.abs(direction)))
+    return _POSITIVE[axis] if direction[axis] > 0 else _NEGATIVE[axis]
+
+
+def plane_views(grid: Grid) -> list[dict[str, Any]]:
+    """The middle planes shown for an image on ``grid``, with their anatomical names.
+
+    Parameters
+    ----------
+    grid : Grid
+        2-D or 3-D grid; its direction matrix (columns: physical directions of the index
+        axes x, y[, z] in LPS) decides the names.
+
+    Returns
+    -------
+    list of dict
+        One per plane (three for 3-D, in the order axial, coronal, sagittal when the grid is
+        near-orthogonal to LPS; one for 2-D): ``view`` ("axial", "coronal", "sagittal", or
+        "slice" for 2-D), ``axis`` (the array axis, in ``([Z,] Y, X)`` order, that is fixed,
+        None for 2-D), ``index`` (its middle index), ``right`` and ``up`` (the letters the
+        screen's column and row axes point to, the image drawn with ``origin="lower"``).
+    """
+    direction = np.asarray(grid.direction, dtype=float).reshape(grid.ndim, grid.ndim)
+    if grid.ndim == 2:
+        return [{"view": "slice", "axis": None, "index": None, "right": _letter(direction[:, 0]), "up": _letter(direction[:, 1])}]
+    planes = []
+    for array_axis in range(3):  # array axis 0 is index axis z (2), 1 is y, 2 is x
+        normal = direction[:, 2 - array_axis]
+        shown = [k for k in (2, 1, 0) if k != 2 - array_axis]  # remaining index axes, array order
+        planes.append({
+            "view": _VIEW_OF_NORMAL[int(np.argmax(np.abs(normal)))],
+            "axis": array_axis,
+            "index": grid.shape[array_axis] // 2,
+            "right": _letter(direction[:, shown[1]]),  # array columns: the later index axis
+            "up": _letter(direction[:, shown[0]]),
+        })
+    order = {"axial": 0, "coronal": 1, "sagittal": 2}
+    return sorted(planes, key=lambda p: order[p["view"]])
+
+
+def _plane(volume: np.ndarray, plane: dict[str, Any]) -> np.ndarray:
+    if plane["axis"] is None:
+        return volume
+    return np.take(volume, plane["index"], axis=plane["axis"])
 
 
 def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int = 64) -> np.ndarray:
@@ -39,42 +98,101 @@ def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int = 64) -> np.ndarray
     return np.log1p(hist.T)
 
 
-@torch.no_grad()
-def save_qc_figure(result: RegistrationResult, path: str | os.PathLike) -> Path:
-    """Write a PNG: fixed/moving checkerboards (middle planes) and joint histograms, before and after.
+def _mark_tiles(ax, shape: tuple[int, int], tiles: int = 8) -> None:
+    """Letter the first two tiles of a checkerboard (array row 0: the bottom row as drawn with
+    ``origin="lower"``): F (fixed) and M (moving)."""
+    h, w = shape
+    for col, label in ((0, "F"), (1, "M")):
+        ax.text((col + 0.5) * w / tiles, (0.5) * h / tiles, label, color="yellow", fontsize=7,
+                ha="center", va="center", fontweight="bold")
 
-    "Before" is the moving image resampled onto the fixed grid with the identity transform
-    (the images' own physical placement), "after" with the found transform.
-    """
+
+def _edge_letters(ax, plane: dict[str, Any]) -> None:
+    ax.text(1.0, 0.5, plane["right"], transform=ax.transAxes, color="cyan", fontsize=8, ha="right", va="center")
+    ax.text(0.5, 1.0, plane["up"], transform=ax.transAxes, color="cyan", fontsize=8, ha="center", va="top")
+
+
+def _jacobian(result: RegistrationResult) -> np.ndarray | None:
+    """Jacobian determinant of the deformable stage on the fixed grid, or None for linear chains."""
+    from ..regularizers import jacobian_determinant
+    from .validation import _deformable_part
+
+    deformation = _deformable_part(result.transform)
+    if deformation is None:
+        return None
+    field = deformation.displacement_field(result.fixed.grid, dtype=torch.float64)
+    return jacobian_determinant(field.detach(), result.fixed.grid)[0].cpu().numpy()
+
+
+@torch.no_grad()
+def qc_figure(result: RegistrationResult):
+    """The QC figure (a matplotlib Figure): see :func:`save_qc_figure`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
 
-    fixed = result.fixed.data[0].numpy()
+    fixed = result.fixed.data[0].float().numpy()
     before = warp(result.moving.batch().float(), result.moving.grid, None, result.fixed.grid)[0, 0].numpy()
     after = result.warped.data[0].float().numpy()
-    rows = (("before", before), ("after", after))
-    planes = len(_middle_slices(fixed))
-    fig, axes = plt.subplots(2, planes + 1, figsize=(3.2 * (planes + 1), 6.4), squeeze=False)
-    for row, (label, moved) in enumerate(rows):
-        for col, (f_plane, m_plane) in enumerate(zip(_middle_slices(fixed), _middle_slices(moved))):
+    planes = plane_views(result.fixed.grid)
+    jacobian = _jacobian(result)
+    rows = 2 + (jacobian is not None)
+    fig, axes = plt.subplots(
+        rows, len(planes) + 1, figsize=(3.2 * (len(planes) + 1), 3.3 * rows), squeeze=False, layout="constrained"
+    )
+    for row, (label, moved) in enumerate((("before", before), ("after", after))):
+        for col, plane in enumerate(planes):
             ax = axes[row, col]
+            f_plane, m_plane = _plane(fixed, plane), _plane(moved, plane)
             ax.imshow(checkerboard(f_plane, m_plane), cmap="gray", origin="lower")
+            _mark_tiles(ax, f_plane.shape)
+            _edge_letters(ax, plane)
             ax.set_axis_off()
-            ax.set_title(f"{label}: checkerboard {col + 1}", fontsize=9)
-        ax = axes[row, planes]
+            ax.set_title(f"{label}: {plane['view']}\nF fixed / M moving tiles", fontsize=9)
+        ax = axes[row, len(planes)]
         ax.imshow(_joint_histogram(fixed, moved), origin="lower", cmap="magma", aspect="auto")
-        key = "before" if row == 0 else "after"
-        stats = result.validation.get(key)
+        stats = result.validation.get(label)
         title = f"joint histogram {label}"
         if stats:
             title += f"\nMI {stats['soft_bins']:.3f} nats, NMI {stats['nmi']:.3f}"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("fixed intensity bin")
         ax.set_ylabel("moving intensity bin")
-    fig.suptitle(f"miregister {'+'.join(result.stages)}", fontsize=11)
-    fig.tight_layout()
+    if jacobian is not None:
+        low, high = float(np.nanmin(jacobian)), float(np.nanmax(jacobian))
+        spread = max(1.0 - low, high - 1.0, 1e-3)
+        norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 - spread, vmax=1.0 + spread)  # white = no volume change
+        for col, plane in enumerate(planes):
+            ax = axes[2, col]
+            shown = ax.imshow(_plane(jacobian, plane), cmap="RdBu_r", norm=norm, origin="lower")
+            _edge_letters(ax, plane)
+            ax.set_axis_off()
+            ax.set_title(f"Jacobian det: {plane['view']}", fontsize=9)
+        fig.colorbar(shown, ax=axes[2, len(planes) - 1], fraction=0.05, pad=0.02, label="det J (1 = no change)")
+        ax = axes[2, len(planes)]
+        ax.hist(jacobian.ravel(), bins=100, color="0.4")
+        ax.axvline(1.0, color="k", lw=0.8)
+        folded = float((jacobian <= 0).mean())
+        ax.set_title(f"det J over the fixed grid\nmin {low:.2f}, max {high:.2f}, folded {folded:.1e}", fontsize=9)
+        ax.set_xlabel("det J")
+        ax.set_yscale("log")
+    fig.suptitle(f"miregister {'+'.join(result.stages)}: moving on the fixed grid", fontsize=11)
+    return fig
+
+
+def save_qc_figure(result: RegistrationResult, path: str | os.PathLike) -> Path:
+    """Write a PNG: fixed/moving checkerboards (middle axial, coronal and sagittal planes) and
+    joint histograms, before and after; for deformable chains also the Jacobian determinant of
+    the deformation (colour map centred at 1, blue shrinks, red grows) and its histogram.
+
+    "Before" is the moving image resampled onto the fixed grid with the identity transform
+    (the images' own physical placement), "after" with the found transform.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = qc_figure(result)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -14,16 +17,44 @@ from ..io import as_image, check_image
 from ..mi.bins import SOFT_AUTO_FACTOR, auto_bins
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
 from ..warp import resample
-from .foreground import foreground_mask
 from .initialization import initial_centers
 from .levels import Level, LevelCache
 from .optimize import DenseDeformation, LevelProblem, optimize_level
 from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
 from .result import RegistrationResult
 from .sampling import sample_points
-from .validation import validate
+from .validation import measurement_region, validate
 
-__all__ = ["register"]
+__all__ = ["register", "IterationInfo"]
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """What a ``register(..., callback=f)`` callback receives after every evaluation of the metric.
+
+    Attributes
+    ----------
+    stage : str
+        The stage being optimised (``"rigid"``, ``"affine"``, ``"bspline"``, ...).
+    level : int
+        Pyramid level within the stage, 0 = coarsest.
+    iteration : int
+        Evaluation count within the level, from 1 (L-BFGS evaluates the metric more than once
+        per iteration in its line search; every evaluation is reported, as in the history).
+    mi : float
+        The objective just evaluated, in nats: soft-binned MI of the level's samples (minus the
+        weighted regularisation penalty in a deformable stage); equals the level's
+        ``history[i]["objective"][iteration - 1]``.
+    transform : SpatialTransform
+        The fixed -> moving transform being optimised, live (it keeps changing; copy what you
+        want to keep, e.g. ``info.transform.affine_matrix().clone()``).
+    """
+
+    stage: str
+    level: int
+    iteration: int
+    mi: float
+    transform: SpatialTransform
 
 _LINEAR_CLASSES = {"translation": Translation, "rigid": Rigid, "similarity": Similarity, "affine": Affine}
 
@@ -36,6 +67,7 @@ def register(
     fixed_mask: Any = None,
     moving_mask: Any = None,
     initial_transform: SpatialTransform | None = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
     **options: Any,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` by maximising mutual information.
@@ -58,10 +90,15 @@ def register(
         Non-zero where the metric may look, on the grid of the image they belong to.
     initial_transform : SpatialTransform, optional
         A linear fixed->moving transform to start from instead of the centre initialisation.
+    callback : callable, optional
+        Called after every evaluation of the metric with an :class:`IterationInfo` (stage,
+        level, iteration, objective in nats, the live transform), as SimpleITK's iteration
+        observers; its return value is ignored. An exception it raises stops the registration.
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
-        ``dtype``, ``validate``, ``knn_samples``, ``verbose``) and per-stage options
+        ``dtype``, ``validate``, ``knn_samples``, ``verbose``: progress on stderr, off by
+        default) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
         in mm, ``regularization``, ``interpolation``), either one value for all stages or a
@@ -98,9 +135,12 @@ def register(
     check_image(fixed_img, "fixed image", None if fixed_mask_img is None else fixed_mask_img.data[0] > 0)
     check_image(moving_img, "moving image", None if moving_mask_img is None else moving_mask_img.data[0] > 0)
 
+    inputs = _input_records(fixed=fixed, moving=moving, fixed_mask=fixed_mask, moving_mask=moving_mask)
+    # One region for the metric's samples and the report's MI: the mask, else the foreground.
+    region, region_name = measurement_region(fixed_img, fixed_mask_img, opts.sampling_region)
     sampling_mask = fixed_mask_img
     if sampling_mask is None and opts.sampling_region == "foreground":
-        sampling_mask = fixed_img.with_data(foreground_mask(fixed_img)[None].to(torch.float32))
+        sampling_mask = fixed_img.with_data(region[None].to(torch.float32))
 
     fixed_dev = fixed_img.to(device=device, dtype=dtype)
     moving_dev = moving_img.to(device=device, dtype=dtype)
@@ -117,14 +157,14 @@ def register(
         stage_start = time.perf_counter()
         stage = opts.stage(kind)
         if kind in DEFORMABLE_STAGES:
-            current = _run_deformable(kind, current, stage, cache, opts, fixed_img, history, index)
+            current = _run_deformable(kind, current, stage, cache, opts, fixed_img, history, index, callback)
         else:
             current = _LINEAR_CLASSES[kind].from_transform(current).to(device=device, dtype=dtype)
             if opts.rotation_search and kind != "translation" and not any(
                 h["stage"] in ("rigid", "similarity", "affine") for h in history
             ):
                 _rotation_search(current, cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0]), stage, opts)
-            _run_levels(kind, current, stage, cache, opts, history, index)
+            _run_levels(kind, current, stage, cache, opts, history, index, callback=callback)
         timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
     current = current.eval()
     for parameter in current.parameters():
@@ -136,19 +176,29 @@ def register(
     validation: dict[str, Any] = {}
     if opts.validate:
         validation_start = time.perf_counter()
-        # The last level's bins: MI before and after on one scale, that of the optimised metric.
-        bins = history[-1]["bins"]
-        validation = validate(fixed_dev, moving_dev, warped, current, fixed_mask_img, bins, opts.knn_samples, opts.seed)
+        validation = validate(
+            fixed_dev, moving_dev, warped, current, fixed_mask_img, region, region_name, opts.knn_samples, opts.seed
+        )
         timings["validation"] = time.perf_counter() - validation_start
     timings["total"] = time.perf_counter() - start
     return RegistrationResult(
         transform=current, warped=warped.to("cpu"), fixed=fixed_img, moving=moving_img,
         stages=stages, options=opts, history=history, timings=timings, validation=validation,
-        device=str(device),
+        device=str(device), inputs=inputs, threads=torch.get_num_threads(),
     )
 
 
 # ------------------------------------------------------------------------------ inputs
+def _input_records(**given: Any) -> dict[str, dict[str, Any] | None]:
+    """Path, size and SHA-256 of each input given as a file or folder (None for in-memory images)."""
+    from ..provenance import file_record
+
+    return {
+        name: file_record(value) if isinstance(value, (str, os.PathLike)) and os.path.exists(value) else None
+        for name, value in given.items()
+    }
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -307,9 +357,10 @@ def _run_levels(
     history: list[dict[str, Any]],
     stage_index: int,
     dense_factory=None,
+    callback: Callable[[IterationInfo], Any] | None = None,
 ) -> None:
-    progress = _progress(opts, kind, sum(stage.iterations))
-    level_end = 0  # where the progress bar stands when the current level is done
+    levels = len(stage.shrink_factors)
+    progress = _Progress(kind, [_evaluation_budget(n, opts.optimizer) for n in stage.iterations]) if opts.verbose else None
     for level_index, (factor, sigma, iterations) in enumerate(
         zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)
     ):
@@ -317,7 +368,7 @@ def _run_levels(
         level = cache.get(factor, sigma)
         problem, indices = _problem(
             level, stage, opts, seed=opts.seed + 1000 * stage_index + level_index,
-            last_level=level_index == len(stage.shrink_factors) - 1,
+            last_level=level_index == levels - 1,
         )
         if dense_factory is not None:
             problem.dense, problem.penalty_weight = dense_factory(level, indices), stage.regularization
@@ -327,10 +378,9 @@ def _run_levels(
             if stage.bins == "auto":
                 problem.bins = _auto_bins(problem, samples)
             initial, overlap, _ = problem.score(samples, check_overlap=False)
-        level_end += iterations
         values = optimize_level(
             transform, problem, iterations, opts.optimizer,
-            on_iteration=None if progress is None else (lambda _, end=level_end: _advance(progress, end)),
+            on_iteration=_observer(kind, level_index, transform, progress, callback),
         )
         with torch.no_grad():
             final, overlap = problem.metric(transform)
@@ -342,26 +392,84 @@ def _run_levels(
             "mi_start": float(initial[0]), "mi_end": float(final[0]), "overlap": float(overlap),
             "objective": values, "seconds": time.perf_counter() - level_start,
         })
-        if progress is not None:  # a level that converged early, or evaluated past its budget, ends at its mark
-            _advance(progress, level_end, to_end=True)
+        if progress is not None:
+            progress.level_done(history[-1], levels)
     if progress is not None:
         progress.close()
 
 
-def _advance(progress, level_end: int, to_end: bool = False) -> None:
-    """Move the bar one evaluation on (or to ``level_end``), never past the current level's mark:
-    L-BFGS's line search may evaluate more often than the level's iteration budget."""
-    step = level_end - progress.n if to_end else min(1, level_end - progress.n)
-    if step > 0:
-        progress.update(step)
-
-
-def _progress(opts: RegistrationOptions, kind: str, total: int):
-    if not opts.verbose:
+def _observer(
+    kind: str,
+    level: int,
+    transform: SpatialTransform,
+    progress: "_Progress | None",
+    callback: Callable[[IterationInfo], Any] | None,
+) -> Callable[[float], None] | None:
+    """The per-evaluation hook of :func:`optimize_level`: advance the bar, call the user's callback."""
+    if progress is None and callback is None:
         return None
-    from tqdm.auto import tqdm
+    count = 0
 
-    return tqdm(total=total, desc=f"{kind:>11s}", unit="it", leave=True)
+    def observe(value: float) -> None:
+        nonlocal count
+        count += 1
+        if progress is not None:
+            progress.step()
+        if callback is not None:
+            callback(IterationInfo(kind, level, count, value, transform))
+
+    return observe
+
+
+def _evaluation_budget(iterations: int, optimizer: str) -> int:
+    """The most metric evaluations a level may make: L-BFGS's ``max_eval`` (see
+    :func:`optimize_level`), Adam's iteration count."""
+    if iterations <= 0:
+        return 0
+    return int(iterations * 1.25) + 1 if optimizer == "lbfgs" else iterations
+
+
+class _Progress:
+    """Progress of one stage on stderr: a bar counting metric evaluations on a terminal, else
+    one line per level (stage, level, grid, MI start -> end, evaluations, seconds).
+
+    The bar's total is what the stage can still run: the evaluations done plus the remaining
+    levels' budgets. A level that converges early gives its unused budget back (the total
+    shrinks); one whose last line search overran its budget adds the overrun.
+    """
+
+    def __init__(self, kind: str, budgets: list[int]) -> None:
+        self.kind, self.budgets, self.level, self.done = kind, budgets, 0, 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=sum(budgets), desc=f"{kind:>11s}", unit="eval", leave=True)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            if self.bar.n + 1 > self.bar.total:
+                self.bar.total = self.bar.n + 1
+            self.bar.update(1)
+
+    def level_done(self, entry: dict[str, Any], levels: int) -> None:
+        """Close a level: settle the bar's total on what ran, or print the level's line."""
+        self.level += 1
+        if self.bar is not None:
+            self.bar.total = self.done + sum(self.budgets[self.level:])
+            self.bar.refresh()
+            return
+        grid = "x".join(str(n) for n in entry["grid_size"])
+        print(
+            f"{self.kind} level {entry['level'] + 1}/{levels}: grid {grid}, MI {entry['mi_start']:.4f} -> "
+            f"{entry['mi_end']:.4f} nats, {entry['evaluations']} evaluations, {entry['seconds']:.1f} s",
+            file=sys.stderr, flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _rotation_candidates(ndim: int) -> list[np.ndarray]:
@@ -423,6 +531,7 @@ def _run_deformable(
     fixed: Image,
     history: list[dict[str, Any]],
     stage_index: int,
+    callback: Callable[[IterationInfo], Any] | None = None,
 ) -> SpatialTransform:
     """Optimise a B-spline or SVF deformation composed after the (frozen) linear transform."""
     from ..transforms import SVF, BSpline
@@ -442,5 +551,5 @@ def _run_deformable(
     def dense_factory(level: Level, indices: torch.Tensor) -> DenseDeformation:
         return DenseDeformation(linear, deformation, level.fixed.grid, indices, penalty, pointwise=kind == "svf")
 
-    _run_levels(kind, composite, stage, cache, opts, history, stage_index, dense_factory)
+    _run_levels(kind, composite, stage, cache, opts, history, stage_index, dense_factory, callback)
     return composite

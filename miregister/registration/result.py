@@ -42,6 +42,15 @@ class RegistrationResult:
         deformable stages (see :func:`miregister.registration.validation.validate`).
     device : str
         Where the optimisation ran.
+    inputs : dict
+        ``{"fixed", "moving", "fixed_mask", "moving_mask"}``: for inputs given as a file or
+        folder, :func:`miregister.provenance.file_record` (absolute path, bytes, SHA-256), else
+        None (in-memory images, no mask).
+    command_line : list of str or None
+        The command line that ran the registration (``sys.argv``; set by the ``miregister``
+        command), None from the Python API.
+    threads : int or None
+        PyTorch's CPU threads (``torch.get_num_threads()``) during the registration.
     """
 
     transform: SpatialTransform
@@ -54,6 +63,9 @@ class RegistrationResult:
     timings: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    inputs: dict[str, Any] = field(default_factory=dict)
+    command_line: list[str] | None = None
+    threads: int | None = None
 
     @property
     def matrix(self) -> np.ndarray | None:
@@ -63,16 +75,34 @@ class RegistrationResult:
         return self.transform.affine_matrix()[0].detach().cpu().double().numpy()
 
     def report(self) -> dict[str, Any]:
-        """A JSON-ready summary: inputs, options, stages, history, timings, validation."""
+        """A JSON-ready summary: provenance, options, stages, history, timings, validation.
+
+        Keys: ``transform`` (the chain), ``convention``, ``inputs`` (file records or None),
+        ``command_line``, ``software`` (versions), ``device``, ``threads``, ``fixed``/``moving``
+        (grids), ``options``/``stage_options`` (every option, defaults included: the file can be
+        passed back as ``miregister register --config report.json`` to rerun the same
+        registration), ``bins`` (per level, as the metric used them, and those of the reported
+        MI), ``matrix``, ``history``, ``timings_seconds``, ``validation``.
+        """
+        from ..provenance import software_versions
+
         opts = self.options
         return {
             "transform": "+".join(self.stages),
             "convention": "transform maps fixed physical points (mm, LPS) to moving physical points",
             "fixed": _grid_dict(self.fixed),
             "moving": _grid_dict(self.moving),
+            "inputs": self.inputs,
+            "command_line": self.command_line,
+            "software": software_versions(),
             "device": self.device,
+            "threads": self.threads,
             "options": opts.to_dict(),
             "stage_options": {k: stage_to_dict(v) for k, v in opts.stages.items()},
+            "bins": {
+                "levels": [{"stage": h["stage"], "level": h["level"], "bins": h["bins"]} for h in self.history],
+                "reported_mi": self.validation.get("bins"),
+            },
             "matrix": None if self.matrix is None else self.matrix.tolist(),
             "history": self.history,
             "timings_seconds": self.timings,
@@ -101,6 +131,10 @@ class RegistrationResult:
         lines = [f"{'+'.join(self.stages)} registration on {self.device} in {self.timings.get('total', float('nan')):.2f} s"]
         before, after = self.validation.get("before"), self.validation.get("after")
         if after is not None:
+            lines.append(
+                f"  MI in nats over {self.validation['region']} ({after['overlap_fraction']:.1%} of the region "
+                f"after); soft bins and NMI with {self.validation['bins']} bins (same as `miregister mi`)"
+            )
             for key, label in (("soft_bins", "MI soft bins"), ("kde", "MI KDE"), ("knn", "MI KNN"), ("nmi", "NMI")):
                 b = "n/a" if before is None else f"{before[key]:.4f}"
                 lines.append(f"  {label:<13s} before {b:>8s}  after {after[key]:.4f}")

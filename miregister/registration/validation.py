@@ -3,19 +3,36 @@
 The optimiser maximised soft-binned MI; a user should see the alignment improved by
 estimators that the optimiser never saw: kernel density (Moon et al. 1995) and
 k-nearest-neighbour (Kraskov et al. 2004) MI, plus Studholme's normalised MI.
+
+One measurement, two callers: :func:`validate` (``register``'s before/after) and the
+``miregister mi`` command both call :func:`compare`, with the same region
+(:func:`measurement_region`: the fixed mask, else the fixed image's foreground, intersected
+with the voxels that map inside the other image) and the same bins (:data:`REPORT_BINS`),
+so ``miregister mi fixed warped.nii.gz`` prints the ``after`` values of the report.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .. import mi
 from ..image import Image
 from ..transforms import SpatialTransform
 from ..warp import warp
 
-__all__ = ["validate", "mi_measures"]
+__all__ = ["validate", "mi_measures", "compare", "measurement_region", "REPORT_BINS", "INSIDE_MARGIN"]
+
+#: Histogram bins of the reported soft-bins MI and NMI, in ``register``'s report and in
+#: ``miregister mi``: one fixed scale, whatever bins the optimiser used (its own per-level bins
+#: are in the report's history), so that values of different runs and of the two commands compare.
+REPORT_BINS = 64
+#: Inside rule of the overlap: half a voxel beyond the outer voxel centres, as SimpleITK's
+#: resampler (and ``resample``, which makes ``result.warped``) uses.
+INSIDE_MARGIN = 0.5
+#: Fewest voxels a measurement needs.
+MIN_VOXELS = 100
 
 
 def mi_measures(x: torch.Tensor, y: torch.Tensor, bins: int, subsample: int, seed: int) -> dict[str, float]:
@@ -43,6 +60,84 @@ def mi_measures(x: torch.Tensor, y: torch.Tensor, bins: int, subsample: int, see
     }
 
 
+def measurement_region(
+    fixed: Image, fixed_mask: Image | None = None, region: str = "foreground"
+) -> tuple[Tensor, str]:
+    """The fixed voxels where MI is measured, before the overlap is taken into account.
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed (first) image.
+    fixed_mask : Image, optional
+        Non-zero where to measure, on the fixed grid; takes precedence over ``region``.
+    region : {"foreground", "all"}
+        Without a mask: the fixed image's foreground (Otsu threshold dilated by 10 mm,
+        :func:`~miregister.registration.foreground.foreground_mask`, the region the registration
+        samples by default) or every voxel.
+
+    Returns
+    -------
+    (Tensor, str)
+        Boolean ``fixed.shape`` mask (CPU) and its description for reports.
+    """
+    if fixed_mask is not None:
+        return fixed_mask.data[0].detach().cpu() != 0, "fixed mask"
+    if region == "foreground":
+        from .foreground import foreground_mask
+
+        return foreground_mask(fixed), "fixed foreground (Otsu + 10 mm)"
+    if region == "all":
+        return torch.ones(fixed.shape, dtype=torch.bool), "all fixed voxels"
+    raise ValueError(f"region must be 'foreground' or 'all', got {region!r}")
+
+
+def compare(
+    fixed: Image,
+    moved: Tensor,
+    inside: Tensor,
+    region: Tensor,
+    description: str,
+    bins: int = REPORT_BINS,
+    subsample: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """MI between ``fixed`` and an image on its grid, over ``region`` and the overlap.
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed image.
+    moved : Tensor
+        The other image's values on the fixed grid, ``fixed.shape``.
+    inside : Tensor
+        Boolean ``fixed.shape``: where ``moved`` comes from inside the other image (the overlap).
+    region, description
+        From :func:`measurement_region`.
+    bins : int
+        Bins of the soft-bins MI and NMI (:data:`REPORT_BINS` by default).
+    subsample, seed
+        As in :func:`mi_measures` (KDE and KNN subsample).
+
+    Returns
+    -------
+    dict or None
+        :func:`mi_measures` plus ``bins``, ``region`` (description, "∩ overlap") and
+        ``overlap_fraction`` (share of the region inside the other image); None when fewer than
+        100 voxels are in both.
+    """
+    region = region.to(inside.device)
+    where = region & inside
+    if int(where.sum()) < MIN_VOXELS:
+        return None
+    fixed_values = fixed.data[0].to(moved.device)
+    out: dict[str, Any] = mi_measures(fixed_values[where], moved[where], bins, subsample, seed)
+    out["bins"] = int(bins)
+    out["region"] = f"{description} ∩ overlap"
+    out["overlap_fraction"] = float(where.sum()) / float(region.sum())
+    return out
+
+
 @torch.no_grad()
 def validate(
     fixed: Image,
@@ -50,35 +145,34 @@ def validate(
     warped: Image,
     transform: SpatialTransform,
     fixed_mask: Image | None,
-    bins: int,
+    region: Tensor,
+    description: str,
     subsample: int,
     seed: int,
+    bins: int = REPORT_BINS,
 ) -> dict[str, Any]:
     """MI between the fixed image and the moving image before (identity) and after registration.
 
-    Both are measured over the fixed voxels whose mapped point falls inside the moving image
-    (and inside the fixed mask). ``before`` is ``None`` when the images do not overlap at all
-    without the transform.
+    Both are measured by :func:`compare` over ``region`` (:func:`measurement_region`) and the
+    fixed voxels whose mapped point falls inside the moving image (SimpleITK's inside rule), by
+    soft bins and NMI with ``bins`` bins (:data:`REPORT_BINS`), KDE and KNN. "after" uses
+    ``warped`` itself, so ``miregister mi fixed warped.nii.gz`` gives the same values wherever
+    the moving image covers the region (``overlap_fraction`` 1). ``before`` is ``None`` when
+    the images do not overlap at all without the transform. Jacobian statistics (deformable
+    transforms) cover ``fixed_mask``, or the whole fixed grid.
 
     Returns
     -------
     dict
         ``{"before": {...} | None, "after": {...}, "improved": {estimator: bool},
-        "jacobian": {...}}`` — ``jacobian`` only for deformable transforms.
+        "bins": int, "region": str, "jacobian": {...}}`` — ``jacobian`` only for deformable
+        transforms.
     """
-    out: dict[str, Any] = {}
-    fixed_values = fixed.data[0]
-    region = torch.ones_like(fixed_values, dtype=torch.bool)
-    if fixed_mask is not None:
-        region &= fixed_mask.data[0].to(region.device) > 0
-    for name, mapping in (("before", None), ("after", transform)):
-        moved, inside = warp(moving.batch(), moving.grid, mapping, fixed.grid, return_inside=True)
-        where = region & inside[0]
-        if int(where.sum()) < 100:
-            out[name] = None
-            continue
-        out[name] = mi_measures(fixed_values[where], moved[0, 0][where], bins, subsample, seed)
-        out[name]["overlap_fraction"] = float(where.sum()) / float(region.sum())
+    out: dict[str, Any] = {"bins": int(bins), "region": f"{description} ∩ overlap"}
+    moved, inside = warp(moving.batch(), moving.grid, None, fixed.grid, return_inside=True, margin=INSIDE_MARGIN)
+    out["before"] = compare(fixed, moved[0, 0], inside[0], region, description, bins, subsample, seed)
+    _, inside = warp(moving.batch(), moving.grid, transform, fixed.grid, return_inside=True, margin=INSIDE_MARGIN)
+    out["after"] = compare(fixed, warped.data[0].to(inside.device), inside[0], region, description, bins, subsample, seed)
     if out.get("before") is not None and out.get("after") is not None:
         out["improved"] = {
             k: out["after"][k] > out["before"][k] for k in ("soft_bins", "kde", "knn", "nmi")
