@@ -38,7 +38,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     Parameters
     ----------
     path : str or PathLike
-        ``.json`` or ``.toml`` file (TOML needs Python >= 3.11, whose ``tomllib`` reads it).
+        ``.json`` or ``.toml`` file (TOML read by ``tomllib``, or ``tomli`` on Python 3.10).
 
     Returns
     -------
@@ -84,8 +84,8 @@ def _read(path: Path) -> dict[str, Any]:
         else:
             try:
                 import tomllib
-            except ImportError:  # Python 3.10
-                raise UsageError(f"configuration file {path}: TOML needs Python >= 3.11; use JSON") from None
+            except ImportError:  # Python 3.10: the same parser as the tomli package
+                import tomli as tomllib
             data = tomllib.loads(text.decode("utf-8"))
     except UsageError:
         raise

@@ -37,8 +37,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, UsageError
     from ..io import as_image, check_image
-    from ..registration.validation import INSIDE_MARGIN, compare, measurement_region
-    from ..warp import warp
+    from ..registration.validation import compare, measurement_region, on_fixed_grid
 
     if args.bins < 2:
         raise UsageError(f"--bins must be >= 2, got {args.bins}")
@@ -55,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if not bool((mask.data[0] != 0).any()):
             raise InputError(f"the mask {args.mask} is empty")
     region, description = measurement_region(a, mask, args.region)
-    values_b, inside = warp(b.batch(), b.grid, None, a.grid, return_inside=True, margin=INSIDE_MARGIN)
-    stats = compare(a, values_b[0, 0], inside[0], region, description, args.bins, args.knn_samples, args.seed)
+    values_b, inside = on_fixed_grid(b, a)
+    stats = compare(a, values_b, inside, region, description, args.bins, args.knn_samples, args.seed)
     if stats is None:
         raise InputError("the images barely overlap in physical space (fewer than 100 common voxels in the region)")
     if args.json:

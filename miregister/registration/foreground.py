@@ -22,16 +22,10 @@ __all__ = ["foreground_mask"]
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample (maximises the between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centers = 0.5 * (edges[:-1] + edges[1:])
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centers)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(centers[int(np.argmax(between))])
+    """Otsu's threshold of a 1-D sample (maximises the between-class variance; scikit-image's)."""
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values, nbins=bins))
 
 
 def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:

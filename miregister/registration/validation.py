@@ -22,7 +22,7 @@ from ..image import Image
 from ..transforms import SpatialTransform
 from ..warp import warp
 
-__all__ = ["validate", "mi_measures", "compare", "measurement_region", "REPORT_BINS", "INSIDE_MARGIN"]
+__all__ = ["validate", "mi_measures", "compare", "measurement_region", "on_fixed_grid", "REPORT_BINS", "INSIDE_MARGIN"]
 
 #: Histogram bins of the reported soft-bins MI and NMI, in ``register``'s report and in
 #: ``miregister mi``: one fixed scale, whatever bins the optimiser used (its own per-level bins
@@ -90,6 +90,26 @@ def measurement_region(
     if region == "all":
         return torch.ones(fixed.shape, dtype=torch.bool), "all fixed voxels"
     raise ValueError(f"region must be 'foreground' or 'all', got {region!r}")
+
+
+def on_fixed_grid(image: Image, fixed: Image, transform: SpatialTransform | None = None) -> tuple[Tensor, Tensor]:
+    """``image`` on the fixed grid through ``transform`` (fixed -> image space; None: identity),
+    linear, and the mask of fixed voxels that map inside it (SimpleITK's inside rule).
+
+    An image already on the fixed grid (to 1e-6 mm) with no transform is taken as it is, not
+    interpolated: interpolating at its own voxel centres changes values in the last float32
+    digits, and a saved ``warped.nii.gz`` must measure as the report's ``after``.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        Values ``fixed.shape`` and boolean inside mask ``fixed.shape``.
+    """
+    if transform is None and image.grid.same_as(fixed.grid, tolerance=1e-6):
+        values = image.data[0]
+        return values, torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    values, inside = warp(image.batch(), image.grid, transform, fixed.grid, return_inside=True, margin=INSIDE_MARGIN)
+    return values[0, 0], inside[0]
 
 
 def compare(
@@ -169,10 +189,10 @@ def validate(
         transforms.
     """
     out: dict[str, Any] = {"bins": int(bins), "region": f"{description} ∩ overlap"}
-    moved, inside = warp(moving.batch(), moving.grid, None, fixed.grid, return_inside=True, margin=INSIDE_MARGIN)
-    out["before"] = compare(fixed, moved[0, 0], inside[0], region, description, bins, subsample, seed)
-    _, inside = warp(moving.batch(), moving.grid, transform, fixed.grid, return_inside=True, margin=INSIDE_MARGIN)
-    out["after"] = compare(fixed, warped.data[0].to(inside.device), inside[0], region, description, bins, subsample, seed)
+    moved, inside = on_fixed_grid(moving, fixed)
+    out["before"] = compare(fixed, moved, inside, region, description, bins, subsample, seed)
+    _, inside = on_fixed_grid(moving, fixed, transform)
+    out["after"] = compare(fixed, warped.data[0].to(inside.device), inside, region, description, bins, subsample, seed)
     if out.get("before") is not None and out.get("after") is not None:
         out["improved"] = {
             k: out["after"][k] > out["before"][k] for k in ("soft_bins", "kde", "knn", "nmi")
