@@ -140,15 +140,17 @@ def test_config_json_and_toml_agree_and_mask_paths_are_relative_to_the_file(tmp_
 def test_command_line_flags_override_the_config_file_and_the_cli_is_not_quiet(tmp_path, capsys):
     f, m = _write_pair(tmp_path)
     config = tmp_path / "params.toml"
-    config.write_text('transform = "rigid"\nseed = 5\niterations = 4\nshrink_factors = [2, 1]\nbins = 40\n')
+    config.write_text('transform = "rigid"\ndevice = "auto"\nseed = 5\niterations = 4\nshrink_factors = [2, 1]\nbins = 40\n')
     out = tmp_path / "out"
-    assert main(["register", str(f), str(m), "-o", str(out), "--config", str(config), "--iterations", "2", "--no-qc", "--no-validate"]) == 0
+    assert main(["register", str(f), str(m), "-o", str(out), "--config", str(config), "--iterations", "2", "--no-qc",
+                 "--no-validate", "-t", "translation", "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["transform"] == "rigid" and report["options"]["seed"] == 5
-    assert report["stage_options"]["rigid"]["iterations"] == [2, 2]  # the flag
-    assert report["stage_options"]["rigid"]["shrink_factors"] == [2, 1] and report["stage_options"]["rigid"]["bins"] == 40
+    assert report["transform"] == "translation" and report["options"]["seed"] == 5 and report["options"]["device"] == "cpu"
+    stage = report["stage_options"]["translation"]
+    assert stage["iterations"] == [2, 2]  # the flag
+    assert stage["shrink_factors"] == [2, 1] and stage["bins"] == 40  # the file
     err = capsys.readouterr().err
-    assert "rigid level 1/2" in err and "rigid level 2/2" in err  # the CLI reports progress unless -q
+    assert "translation level 1/2" in err and "translation level 2/2" in err  # the CLI reports progress unless -q
 
 
 def test_rerun_from_report_json_gives_the_same_transform(run, tmp_path):

@@ -97,12 +97,11 @@ def run(args: argparse.Namespace) -> int:
     # --config: the file's keywords under the flags given on the command line; -q alone decides verbosity.
     config = dict(args.config or {})
     config.pop("verbose", None)
-    args.transform = args.transform or config.pop("transform", "affine")
-    args.device = args.device or config.pop("device", "auto")
-    args.fixed_mask = args.fixed_mask or config.pop("fixed_mask", None)
-    args.moving_mask = args.moving_mask or config.pop("moving_mask", None)
-    args.rotation_search = args.rotation_search or bool(config.pop("rotation_search", False))
-    args.no_validate = args.no_validate or not config.pop("validate", True)
+    for name, default in (("transform", "affine"), ("device", "auto"), ("fixed_mask", None), ("moving_mask", None)):
+        from_file = config.pop(name, default)
+        setattr(args, name, getattr(args, name) or from_file)
+    args.rotation_search = bool(config.pop("rotation_search", False)) or args.rotation_search
+    args.no_validate = not config.pop("validate", True) or args.no_validate
     options = {**config, **options}
     out = Path(args.output)
     _check_register_output(out, args.transform, args.transform_format)  # before minutes of work, not after
