@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import EXIT_OK, add_command
+from .common import EXIT_OK, add_command, int_at_least
 
 
 def add_parser(commands) -> None:
@@ -13,11 +13,20 @@ def add_parser(commands) -> None:
     mi_cmd.add_argument("image1", help="first image (its grid is used)")
     mi_cmd.add_argument("image2", help="second image (resampled onto the first grid if needed, identity transform)")
     mi_cmd.add_argument("--mask", help="mask on the first image's grid")
-    mi_cmd.add_argument("--bins", type=int, default=32, help="bins for the soft-bins MI and NMI (default 32)")
-    mi_cmd.add_argument("--knn-samples", type=int, default=20000, help="voxels subsampled for KDE and KNN (default 20000)")
-    mi_cmd.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0)")
+    mi_cmd.add_argument("--bins", type=int_at_least(4), default=32, help="bins for the soft-bins MI and NMI (default 32)")
+    mi_cmd.add_argument("--knn-samples", type=int_at_least(100), default=20000, help="voxels subsampled for KDE and KNN (default 20000)")
+    mi_cmd.add_argument("--seed", type=_seed, default=0, help="seed of the subsample (default 0)")
     mi_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mi_cmd.set_defaults(run=run)
+
+
+def _seed(text: str) -> int:
+    from ..registration.options import SEED_MAX
+
+    value = int_at_least(0)(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {SEED_MAX}, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
