@@ -88,8 +88,9 @@ class StageOptions:
         for option, values in (("smoothing_sigmas", self.smoothing_sigmas), ("iterations", self.iterations)):
             if len(values) != n:
                 raise _usage(
-                    option, values, f"one value per pyramid level, or one for all: shrink_factors "
-                    f"{list(self.shrink_factors)} has {n} level(s), {option} has {len(values)}", where,
+                    option, values, "shrink_factors, smoothing_sigmas and iterations must have the same non-zero "
+                    f"length, one value per pyramid level (or one for all): shrink_factors {list(self.shrink_factors)} "
+                    f"has {n} level(s), {option} has {len(values)}", where,
                 )
         _check_scalar("samples", self.samples, _whole(100), where)
         if self.bins != "auto":
@@ -187,7 +188,7 @@ def parse_stages(transform: str) -> list[str]:
     if len(deformable) > 1:
         raise _usage("transform", transform, "at most one deformable stage (bspline or svf) is supported")
     if deformable and deformable[0] != len(stages) - 1:
-        raise _usage("transform", transform, "the deformable stage (bspline or svf) must come last")
+        raise _usage("transform", transform, "the deformable stage must come last (a chain may end in one bspline or svf stage)")
     return stages
 
 
@@ -329,7 +330,9 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
     for name in stage_names & set(overrides):
         if isinstance(overrides[name], dict) and set(overrides[name]) - set(stages):
             extra = sorted(set(overrides[name]) - set(stages))
-            raise _usage(name, overrides[name], f"stage(s) {extra} are not in the chain {'+'.join(stages)!r}")
+            error = _usage(name, overrides[name], f"stage(s) {extra} are not in the chain {'+'.join(stages)!r}")
+            error.args = (f"{name}: stage(s) {extra} are not in the chain {'+'.join(stages)!r}",)
+            raise error
     options = RegistrationOptions(**{k: v for k, v in overrides.items() if k in global_names})
     for kind in stages:
         stage = default_stage_options(kind)
