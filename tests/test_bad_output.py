@@ -216,8 +216,10 @@ def test_stale_staging_of_dead_runs_is_removed_and_live_ones_are_respected(tmp_p
 
 # --------------------------------------------------------------------- signals (subprocess)
 _SCRIPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    # As in a terminal: a shell's background job inherits SIGINT ignored, and Python then keeps it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import miregister.registration as registration
     import miregister.registration.qc as qc
     from miregister.cli import main
