@@ -402,7 +402,7 @@ _REASONS = {
     errno.ENOSPC: "no space left on the device of {where}",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.ENAMETOOLONG: "the name is too long",
-    errno.ENOENT: "a folder on the way does not exist",
+    errno.ENOENT: "the system refused to create it in {where} (no such file or directory)",
     errno.EXDEV: "it is on another file system than its staging folder",
 }
 if hasattr(errno, "EDQUOT"):
@@ -415,4 +415,4 @@ def _reason(error: OSError, where: Path | None = None) -> str:
     place = repr(str(where)) if where is not None else "the folder"
     if template:
         return template.format(where=place)
-    return error.strerror or str(error)
+    return f"the system refused it in {place} ({(error.strerror or str(error)).lower()})"
