@@ -2,21 +2,32 @@
 
 One module per sub-command (``*_cmd.py``), each with ``add_parser(commands)`` and
 ``run(args) -> int``; this module only assembles the parser and maps errors to exit codes:
-0 success; 1 bad input or a registration that cannot proceed (the message names the problem,
-nothing is written); 2 a malformed command line (argparse's convention).
+0 success; 1 bad input, an unwritable output or a registration that cannot proceed (the
+message names the problem, no output is changed); 2 a malformed command line or an option
+value out of range (argparse's convention, checked before any image is read); 130 interrupted
+(SIGINT), 143 terminated (SIGTERM), with partial outputs removed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Iterator, Sequence
 
+from ..errors import MiregisterError, UsageError
 from . import apply_cmd, mi_cmd, register_cmd
-from .common import CONVENTIONS, EXIT_INPUT, EXIT_OK, EXIT_USAGE
+from .common import CONVENTIONS, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 
-__all__ = ["main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE"]
+__all__ = ["main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 _COMMANDS = (register_cmd, apply_cmd, mi_cmd)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-ups (``finally``) run. A BaseException,
+    like KeyboardInterrupt, so that ``except Exception`` does not swallow it."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -37,14 +48,58 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0, 1 or 2)."""
+    """Run the command line; returns the exit code (0, 1, 2, 130 or 143)."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as error:
-        print(f"miregister {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_INPUT
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # with the sub-command's usage line, not the top parser's
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as exit_:  # argparse: 2 after printing usage and error; 0 for --help
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    name = f"miregister {args.command}"
+    with _sigterm_raises():
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Terminated:
+            print(f"{name}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
+        except UsageError as error:
+            args.command_parser.print_usage(sys.stderr)
+            print(f"{name}: error: {_usage_message(args.command_parser, error)}", file=sys.stderr)
+            return EXIT_USAGE
+        except (MiregisterError, ValueError, TypeError, OSError, RuntimeError) as error:
+            print(f"{name}: error: {error}", file=sys.stderr)
+            return EXIT_INPUT
+
+
+def _usage_message(parser: argparse.ArgumentParser, error: UsageError) -> str:
+    """Name the command-line flag (``argument --iterations: got -5; ...``) where the error
+    names a register() keyword that one of the parser's options sets."""
+    option, detail = getattr(error, "option", None), getattr(error, "detail", None)
+    for action in parser._actions:
+        if option is not None and detail is not None and action.dest == option and action.option_strings:
+            return f"argument {'/'.join(action.option_strings)}: {detail}"
+    return str(error)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While running a command, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ def add_parser(commands) -> None:
     app.add_argument("reference", help="image whose grid the output takes (the fixed space)")
     app.add_argument("-t", "--transform", action="append", required=True,
                      help="transform file (repeat to compose; applied as in ITK/ANTs: the last given acts first on fixed points)")
-    app.add_argument("-o", "--output", required=True, help="output image file")
+    app.add_argument("-o", "--output", required=True, help="output image file (replaced as a whole, never left half-written)")
     app.add_argument("--interpolation", choices=("linear", "nearest", "bspline"), default="linear",
                      help="linear for intensities, nearest for label maps (default linear)")
     app.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image (default 0)")
@@ -23,10 +23,12 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import as_image, write_image
+    from ..outputs import atomic_write, check_output_file
     from ..transforms import Composite
     from ..transforms.io import read_transform
     from ..warp import resample
 
+    check_output_file(args.output)  # before reading anything
     image = as_image(args.image)
     reference = as_image(args.reference)
     transforms = [read_transform(path) for path in args.transform]
@@ -44,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         reader.SetFileName(args.image)
         reader.ReadImageInformation()
         cast = reader.GetPixelID()
-    write_image(out, args.output, dtype=cast)
+    atomic_write(args.output, lambda staged: write_image(out, staged, dtype=cast))
     print(f"wrote {args.output}")
     return EXIT_OK

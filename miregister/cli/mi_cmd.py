@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import EXIT_OK, add_command
+from .common import EXIT_OK, add_command, int_at_least
 
 
 def add_parser(commands) -> None:
@@ -26,21 +26,28 @@ def add_parser(commands) -> None:
                         help="without --mask: the first image's foreground (Otsu threshold + 10 mm, the region "
                              "register samples and reports) or all voxels; always intersected with the overlap "
                              "(default foreground)")
-    mi_cmd.add_argument("--bins", type=int, default=REPORT_BINS,
+    mi_cmd.add_argument("--bins", type=int_at_least(4), default=REPORT_BINS,
                         help=f"bins for the soft-bins MI and NMI (default {REPORT_BINS}, as register's report)")
-    mi_cmd.add_argument("--knn-samples", type=int, default=20000, help="voxels subsampled for KDE and KNN (default 20000)")
-    mi_cmd.add_argument("--seed", type=int, default=0, help="seed of the subsample (default 0, as register's)")
+    mi_cmd.add_argument("--knn-samples", type=int_at_least(100), default=20000, help="voxels subsampled for KDE and KNN (default 20000)")
+    mi_cmd.add_argument("--seed", type=_seed, default=0, help="seed of the subsample (default 0, as register's)")
     mi_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mi_cmd.set_defaults(run=run)
 
 
+def _seed(text: str) -> int:
+    from ..registration.options import SEED_MAX
+
+    value = int_at_least(0)(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {SEED_MAX}, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError, UsageError
+    from ..errors import InputError
     from ..io import as_image, check_image
     from ..registration.validation import compare, measurement_region, on_fixed_grid
 
-    if args.bins < 2:
-        raise UsageError(f"--bins must be >= 2, got {args.bins}")
     a, b = as_image(args.image1), as_image(args.image2)
     if a.ndim != b.ndim:
         raise InputError(f"{args.image1} is {a.ndim}D but {args.image2} is {b.ndim}D")

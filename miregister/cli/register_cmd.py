@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .common import EXIT_OK, add_command
 
@@ -45,7 +44,11 @@ def add_parser(commands) -> None:
     reg = add_command(commands, "register", "register MOVING onto FIXED and write transform, warped image, report and QC picture")
     reg.add_argument("fixed", help="fixed image file or DICOM folder (defines the output grid)")
     reg.add_argument("moving", help="moving image file or DICOM folder")
-    reg.add_argument("-o", "--output", required=True, help="output folder (created; existing files of the same name are replaced)")
+    reg.add_argument("-o", "--output", required=True,
+                     help="output folder (created); the run owns it: it must be new or empty unless --overwrite")
+    reg.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run's result in the output folder (the files its report.json lists "
+                          "are removed first), or write into a non-empty folder miregister did not write")
     reg.add_argument("-t", "--transform", default=None,
                      help="translation, rigid, similarity, affine, bspline, svf, or a chain such as rigid+affine+bspline (default: affine)")
     reg.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
@@ -58,7 +61,7 @@ def add_parser(commands) -> None:
                      help="Parzen kernels of the metric histogram at each stage's last level: FIXED,MOVING or one "
                           "name for both; names box, bspline, gaussian (default box,bspline, Mattes' pairing; "
                           "the moving kernel must not be box)")
-    reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    reg.add_argument("--seed", type=int, help="seed of every random choice, 0 to 2**32-1 (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
     reg.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
@@ -83,8 +86,9 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..outputs import write_run
+    from ..outputs import check_output_folder, check_transform_format, write_run
     from ..registration import register
+    from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages
 
     options = {
         "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
@@ -103,33 +107,20 @@ def run(args: argparse.Namespace) -> int:
     args.rotation_search = bool(config.pop("rotation_search", False)) or args.rotation_search
     args.no_validate = not config.pop("validate", True) or args.no_validate
     options = {**config, **options}
-    out = Path(args.output)
-    _check_register_output(out, args.transform, args.transform_format)  # before minutes of work, not after
+    # The command line first (UsageError: exit 2), then the output folder (OutputError: exit 1),
+    # both before any image is read and minutes of work are spent.
+    stages = parse_stages(args.transform)
+    build_options(stages, device=args.device, **options)
+    check_transform_format(not any(stage in DEFORMABLE_STAGES for stage in stages), args.transform_format)
+    check_output_folder(args.output, overwrite=args.overwrite)
     result = register(
         args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
         verbose=not args.quiet, **options,
     )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
-    final = write_run(result, out, transform_format=args.transform_format, qc=not args.no_qc)
+    final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite)
     if not args.quiet:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")
     return EXIT_OK
-
-
-def _check_register_output(out: Path, transform: str, transform_format: str | None) -> None:
-    """Refuse, before registering, an output that cannot be written: ``out`` is an existing
-    file, or the transform format does not suit the transform chain."""
-    from ..registration.options import DEFORMABLE_STAGES, parse_stages
-
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {str(out)!r} exists and is not a folder")
-    linear = not any(stage in DEFORMABLE_STAGES for stage in parse_stages(transform))
-    if transform_format is not None and (linear and transform_format == "h5" or not linear and transform_format != "h5"):
-        raise ValueError(
-            f"--transform-format {transform_format} does not suit a {'linear' if linear else 'deformable'} transform "
-            f"(use {'tfm or mat' if linear else 'h5'})"
-        )
-
-

@@ -5,12 +5,18 @@ mm, sampling, metric bins), so users of ITK/ANTs/elastix recognise each knob.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..mi.kernels import axis_kernels
+from ..errors import UsageError
+from ..mi.kernels import KERNELS
 
-__all__ = ["StageOptions", "RegistrationOptions", "LINEAR_STAGES", "DEFORMABLE_STAGES", "parse_stages"]
+__all__ = [
+    "StageOptions", "RegistrationOptions", "LINEAR_STAGES", "DEFORMABLE_STAGES", "SEED_MAX", "parse_stages",
+    "build_options", "check_device_name",
+]
 
 LINEAR_STAGES = ("translation", "rigid", "similarity", "affine")
 DEFORMABLE_STAGES = ("bspline", "svf")
@@ -72,29 +78,72 @@ class StageOptions:
     interpolation: str = "bspline"
 
     def validate(self, name: str) -> None:
-        """Raise ValueError if the per-level lists disagree or a value is out of range."""
+        """Raise :class:`~miregister.errors.UsageError` (a ValueError) naming the first option
+        of stage ``name`` whose value is out of range, or per-level lists of different lengths."""
+        where = f"stage {name!r}"
+        _check_levels("shrink_factors", self.shrink_factors, _whole(1), where)
         n = len(self.shrink_factors)
-        if n == 0 or len(self.smoothing_sigmas) != n or len(self.iterations) != n:
-            raise ValueError(
-                f"stage {name!r}: shrink_factors {self.shrink_factors}, smoothing_sigmas "
-                f"{self.smoothing_sigmas} and iterations {self.iterations} must have the same non-zero length"
-            )
-        if any(f < 1 for f in self.shrink_factors):
-            raise ValueError(f"stage {name!r}: shrink factors must be >= 1, got {self.shrink_factors}")
-        if any(s < 0 for s in self.smoothing_sigmas):
-            raise ValueError(f"stage {name!r}: smoothing sigmas must be >= 0 mm, got {self.smoothing_sigmas}")
-        if any(i < 0 for i in self.iterations):
-            raise ValueError(f"stage {name!r}: iterations must be >= 0, got {self.iterations}")
-        if self.samples < 100:
-            raise ValueError(f"stage {name!r}: samples must be >= 100, got {self.samples}")
-        if self.bins != "auto" and (isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 4):
-            raise ValueError(f"stage {name!r}: bins must be 'auto' or an int >= 4, got {self.bins!r}")
-        if self.control_spacing <= 0:
-            raise ValueError(f"stage {name!r}: control_spacing must be > 0 mm, got {self.control_spacing}")
-        if self.regularization < 0:
-            raise ValueError(f"stage {name!r}: regularization must be >= 0, got {self.regularization}")
-        if self.interpolation not in ("linear", "bspline"):
-            raise ValueError(f"stage {name!r}: interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
+        _check_levels("smoothing_sigmas", self.smoothing_sigmas, _real(0.0, unit=" mm"), where)
+        _check_levels("iterations", self.iterations, _whole(0), where)
+        for option, values in (("smoothing_sigmas", self.smoothing_sigmas), ("iterations", self.iterations)):
+            if len(values) != n:
+                raise _usage(
+                    option, values, "shrink_factors, smoothing_sigmas and iterations must have the same non-zero "
+                    f"length, one value per pyramid level (or one for all): shrink_factors {list(self.shrink_factors)} "
+                    f"has {n} level(s), {option} has {len(values)}", where,
+                )
+        _check_scalar("samples", self.samples, _whole(100), where)
+        if self.bins != "auto":
+            _check_scalar("bins", self.bins, _whole(4, "or 'auto'"), where)
+        _check_scalar("control_spacing", self.control_spacing, _real(0.0, strict=True, unit=" mm"), where)
+        _check_scalar("regularization", self.regularization, _real(0.0), where)
+        _check_choice("interpolation", self.interpolation, ("linear", "bspline"), where)
+
+
+# ---------------------------------------------------------------- value checks (UsageError)
+# Each check returns None for a good value or the words "what is allowed" for a bad one; a
+# UsageError carries ``option`` (the register() keyword) and ``detail`` so that the command
+# line can name its own flag (--shrink-factors) where the Python API names the keyword.
+def _usage(option: str, value: Any, allowed: str, where: str | None = None) -> UsageError:
+    value_text = list(value) if isinstance(value, tuple) else value
+    detail = f"got {value_text!r}; {allowed}" + (f" ({where})" if where else "")
+    error = UsageError(f"{option}: {detail}")
+    error.option, error.detail, error.allowed = option, detail, allowed  # type: ignore[attr-defined]
+    return error
+
+
+def _whole(low: int, extra: str = ""):
+    def check(v: Any) -> str | None:
+        good = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+        return None if good else f"must be a whole number >= {low}{' ' + extra if extra else ''}"
+    return check
+
+
+def _real(low: float, strict: bool = False, unit: str = ""):
+    def check(v: Any) -> str | None:
+        good = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and (v > low if strict else v >= low)
+        return None if good else f"must be a finite number {'>' if strict else '>='} {low:g}{unit}"
+    return check
+
+
+def _check_scalar(option: str, value: Any, check, where: str | None = None) -> None:
+    problem = check(value)
+    if problem:
+        raise _usage(option, value, problem, where)
+
+
+def _check_levels(option: str, values: Any, check, where: str | None = None) -> None:
+    if not isinstance(values, (tuple, list)) or len(values) == 0:
+        raise _usage(option, values, "must be a non-empty sequence, one value per pyramid level", where)
+    for value in values:
+        problem = check(value)
+        if problem:
+            raise _usage(option, values, f"each value {problem}", where)
+
+
+def _check_choice(option: str, value: Any, choices: tuple[str, ...], where: str | None = None) -> None:
+    if value not in choices:
+        raise _usage(option, value, "choose from " + ", ".join(repr(c) for c in choices), where)
 
 
 def default_stage_options(kind: str) -> StageOptions:
@@ -111,7 +160,7 @@ def default_stage_options(kind: str) -> StageOptions:
             shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=(40, 30, 20),
             samples=100_000, bins=64, control_spacing=12.0, regularization=2.0,
         )
-    raise ValueError(f"unknown transform {kind!r}; choose from {LINEAR_STAGES + DEFORMABLE_STAGES}")
+    raise _usage("transform", kind, "choose from " + ", ".join(LINEAR_STAGES + DEFORMABLE_STAGES))
 
 
 def parse_stages(transform: str) -> list[str]:
@@ -119,21 +168,49 @@ def parse_stages(transform: str) -> list[str]:
 
     Raises
     ------
-    ValueError
-        For an unknown stage name, an empty chain, or a linear stage after a deformable one.
+    UsageError
+        (a ValueError) For an unknown stage name, an empty chain or an empty stage
+        (``"rigid++affine"``), more than one deformable stage, or a linear stage after a
+        deformable one.
     """
-    stages = [s.strip().lower() for s in str(transform).split("+") if s.strip()]
-    if not stages:
-        raise ValueError(f"empty transform specification {transform!r}")
+    names = ", ".join(LINEAR_STAGES + DEFORMABLE_STAGES)
+    allowed = f"a stage ({names}) or a chain of them joined by '+', e.g. rigid+affine+bspline"
+    if not isinstance(transform, str):
+        raise _usage("transform", transform, allowed)
+    stages = [s.strip().lower() for s in transform.split("+")]
+    if any(not s for s in stages):
+        raise _usage("transform", transform, f"a stage name is missing; expected {allowed}")
     for s in stages:
         if s not in LINEAR_STAGES + DEFORMABLE_STAGES:
-            raise ValueError(f"unknown transform {s!r} in {transform!r}; choose from {LINEAR_STAGES + DEFORMABLE_STAGES}")
+            hint = _close_name(s, LINEAR_STAGES + DEFORMABLE_STAGES)
+            raise _usage("transform", transform, f"unknown transform {s!r}{hint}; expected {allowed}")
     deformable = [i for i, s in enumerate(stages) if s in DEFORMABLE_STAGES]
     if len(deformable) > 1:
-        raise ValueError(f"at most one deformable stage is supported, got {transform!r}")
+        raise _usage("transform", transform, "at most one deformable stage (bspline or svf) is supported")
     if deformable and deformable[0] != len(stages) - 1:
-        raise ValueError(f"the deformable stage must come last in {transform!r}")
+        raise _usage("transform", transform, "the deformable stage must come last (a chain may end in one bspline or svf stage)")
     return stages
+
+
+def _close_name(name: str, choices: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: seeds are 0 .. 2**32 - 1, the range NumPy and PyTorch both accept, so a seed
+written in a report can be replayed by either."""
+
+
+def check_device_name(name: Any) -> None:
+    """Raise :class:`~miregister.errors.UsageError` unless ``name`` is ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or ``"auto"`` (whether CUDA is present is checked when registering)."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|auto|cuda(:[0-9]+)?", name):
+        raise _usage("device", name, "choose from 'cpu', 'cuda', 'cuda:N' or 'auto'")
 
 
 @dataclass
@@ -194,20 +271,23 @@ class RegistrationOptions:
     stages: dict[str, StageOptions] = field(default_factory=dict)
 
     def validate_options(self) -> None:
-        """Raise ValueError naming the first option that is out of range."""
-        self.kernel = axis_kernels(self.kernel)
+        """Raise :class:`~miregister.errors.UsageError` (a ValueError) naming the first option
+        that is out of range or unknown."""
+        kernel = (self.kernel, self.kernel) if isinstance(self.kernel, str) else self.kernel
+        names = ", ".join(repr(k) for k in KERNELS)
+        if not isinstance(kernel, (tuple, list)) or len(kernel) != 2 or any(not isinstance(k, str) or k not in KERNELS for k in kernel):
+            raise _usage("kernel", self.kernel, f"a kernel name or a (fixed, moving) pair of them, from {names}")
+        self.kernel = tuple(kernel)  # type: ignore[assignment]
         if self.kernel[1] == "box":
-            raise ValueError("kernel: the moving image's kernel must be differentiable, not 'box'")
-        if self.initialization not in ("moments", "geometry", "none"):
-            raise ValueError(f"initialization must be 'moments', 'geometry' or 'none', got {self.initialization!r}")
-        if self.sampling_region not in ("foreground", "all"):
-            raise ValueError(f"sampling_region must be 'foreground' or 'all', got {self.sampling_region!r}")
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.knn_samples < 100:
-            raise ValueError(f"knn_samples must be >= 100, got {self.knn_samples}")
+            raise _usage("kernel", self.kernel, "the moving image's kernel must be differentiable, not 'box'")
+        _check_choice("initialization", self.initialization, ("moments", "geometry", "none"))
+        _check_choice("sampling_region", self.sampling_region, ("foreground", "all"))
+        _check_choice("optimizer", self.optimizer, ("lbfgs", "adam"))
+        _check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_device_name(self.device)
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
+            raise _usage("seed", self.seed, f"must be a whole number from 0 to {SEED_MAX} (2**32 - 1)")
+        _check_scalar("knn_samples", self.knn_samples, _whole(100))
 
     def stage(self, kind: str) -> StageOptions:
         """The options of stage ``kind``: its defaults updated by the user's overrides."""
@@ -234,9 +314,11 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
 
     Raises
     ------
-    ValueError / TypeError
-        For an unknown keyword (naming it), a value out of range, or a per-stage dict naming a
-        stage that is not in the chain.
+    UsageError
+        (a ValueError) For a value out of range or of the wrong kind, naming the option, the
+        value and what is allowed, or a per-stage dict naming a stage that is not in the chain.
+    TypeError
+        For an unknown keyword (naming it), as Python does for a misspelt argument.
     """
     global_names = {f.name for f in fields(RegistrationOptions)} - {"stages"}
     stage_names = {f.name for f in fields(StageOptions)}
@@ -247,9 +329,10 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
         )
     for name in stage_names & set(overrides):
         if isinstance(overrides[name], dict) and set(overrides[name]) - set(stages):
-            raise ValueError(
-                f"{name}: stage(s) {sorted(set(overrides[name]) - set(stages))} are not in the chain {'+'.join(stages)!r}"
-            )
+            extra = sorted(set(overrides[name]) - set(stages))
+            error = _usage(name, overrides[name], f"stage(s) {extra} are not in the chain {'+'.join(stages)!r}")
+            error.args = (f"{name}: stage(s) {extra} are not in the chain {'+'.join(stages)!r}",)
+            raise error
     options = RegistrationOptions(**{k: v for k, v in overrides.items() if k in global_names})
     for kind in stages:
         stage = default_stage_options(kind)
@@ -262,28 +345,44 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
                 value = value[kind]
             changes[name] = value
         if "shrink_factors" in changes:
-            changes["shrink_factors"] = _per_level(changes["shrink_factors"], int, 1)
+            changes["shrink_factors"] = _per_level("shrink_factors", changes["shrink_factors"], 1)
         n = len(changes.get("shrink_factors", stage.shrink_factors))
-        for name, cast in (("iterations", int), ("smoothing_sigmas", float)):
+        for name in ("iterations", "smoothing_sigmas"):
             if name in changes:
-                changes[name] = _per_level(changes[name], cast, n)
+                changes[name] = _per_level(name, changes[name], n)
         stage = replace(stage, **changes)
         # Let users change the number of levels with shrink_factors alone.
         if "smoothing_sigmas" not in changes and len(stage.smoothing_sigmas) != n:
             stage = replace(stage, smoothing_sigmas=tuple(f / 2.0 if f > 1 else 0.0 for f in stage.shrink_factors))
         if "iterations" not in changes and len(stage.iterations) != n:
             stage = replace(stage, iterations=tuple([stage.iterations[0]] * n))
-        stage.validate(kind)
+        try:
+            stage.validate(kind)
+        except UsageError as error:
+            option = getattr(error, "option", None)
+            if option in overrides and not isinstance(overrides[option], dict):
+                # Name the value as the user gave it (one -5 for all levels), for every stage.
+                raise _usage(option, overrides[option], error.allowed) from None  # type: ignore[attr-defined]
+            raise
         options.stages[kind] = stage
     options.validate_options()
     return options
 
 
-def _per_level(value: Any, cast: type, levels: int) -> tuple:
-    """Per-level values: a sequence as given, a single number repeated for each of ``levels``."""
-    if isinstance(value, (int, float)):
-        return (cast(value),) * levels
-    return tuple(cast(v) for v in value)
+def _per_level(option: str, value: Any, levels: int) -> tuple:
+    """Per-level values: a sequence as given, a single number repeated for each of ``levels``.
+    Whole floats (``2.0``) count as ints and ints as floats; anything else is left for
+    :meth:`StageOptions.validate` to refuse by name (no silent truncation of 2.5 to 2)."""
+    values = (value,) * levels if isinstance(value, numbers.Real) else value
+    if isinstance(values, (str, bytes)):
+        raise _usage(option, value, "a number or a sequence of numbers, one per pyramid level")
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise _usage(option, value, "a number or a sequence of numbers, one per pyramid level") from None
+    if option == "smoothing_sigmas":
+        return tuple(float(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in values)
+    return tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values)
 
 
 def stage_to_dict(stage: StageOptions) -> dict[str, Any]:

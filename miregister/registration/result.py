@@ -117,12 +117,13 @@ class RegistrationResult:
         write_transform(self.transform, path, reference=self.fixed.grid)
         return Path(path)
 
-    def save_report(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`report` as JSON (atomically)."""
+    def save_report(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write :meth:`report`, updated with the keys of ``extra`` (e.g. ``outputs``, the
+        file names a run wrote), as JSON (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.report(), indent=2, default=_json_default))
+        tmp.write_text(json.dumps({**self.report(), **(extra or {})}, indent=2, default=_json_default))
         os.replace(tmp, path)
         return path
 
