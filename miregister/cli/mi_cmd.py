@@ -42,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
     values_b, inside = warp(b.batch(), b.grid, None, a.grid, return_inside=True)
     region &= inside[0]
     if int(region.sum()) < 100:
-        raise ValueError("the images barely overlap in physical space (fewer than 100 common voxels)")
+        from ..errors import InputError
+
+        raise InputError(
+            f"{args.image2} covers only {int(region.sum())} voxels of {args.image1} in physical space (at least 100 are "
+            "needed): mi compares the images where they lie, without moving either; check their origins and "
+            "directions, or register them first and measure the warped image"
+        )
     stats = mi_measures(a.data[0][region], values_b[0, 0][region], args.bins, args.knn_samples, args.seed)
     if args.json:
         print(json.dumps(stats, indent=2))
