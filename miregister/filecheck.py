@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["check_image_file", "describe_format"]
+__all__ = ["check_image_file", "describe_format", "nifti_version"]
 
 #: Bytes read at a time when streaming voxel data.
 _CHUNK = 1 << 23
@@ -85,6 +85,21 @@ def check_image_file(path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ NIfTI
+def nifti_version(path: str | Path) -> int | None:
+    """1 or 2 for a NIfTI-1 / NIfTI-2 header (plain or gzip), None otherwise."""
+    try:
+        with _open_maybe_gzip(Path(path)) as stream:
+            raw = stream.read(12)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for endian in "<>":
+        if len(raw) >= 4 and struct.unpack(endian + "i", raw[:4])[0] == 540 and raw[4:7] in (b"n+2", b"ni2"):
+            return 2
+        if len(raw) >= 4 and struct.unpack(endian + "i", raw[:4])[0] == 348:
+            return 1
+    return None
+
+
 @dataclass
 class _NiftiHeader:
     version: int

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError, UsageError
-from .filecheck import check_image_file, describe_format
+from .filecheck import check_image_file, describe_format, nifti_version
 from .image import Image
 
 __all__ = ["read_image", "write_image", "as_image", "check_image", "WRITE_EXTENSIONS"]
@@ -165,6 +165,8 @@ def _unreadable(path: Path, error: Exception) -> str:
     stay in the chained exception)."""
     kind = describe_format(path)
     text = str(error)
+    if kind == "NIfTI" and nifti_version(path) == 2:
+        return f"cannot read '{path}': it is a NIfTI-2 file, which this SimpleITK cannot read; save it as NIfTI-1"
     if "Unable to determine ImageIO reader" in text or "Could not create IO object" in text:
         if _extension(path) in _READABLE:
             return (

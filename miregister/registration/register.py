@@ -18,6 +18,7 @@ from ..warp import resample
 from .foreground import foreground_mask
 from .initialization import initial_centers
 from .levels import Level, LevelCache, check_level_sizes
+from .memory import check_memory
 from .optimize import DenseDeformation, LevelProblem, optimize_level
 from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
 from .result import RegistrationResult
@@ -102,6 +103,7 @@ def register(
     check_level_sizes(fixed_img.grid, moving_img.grid, [f for kind in stages for f in opts.stage(kind).shrink_factors])
     fixed_mask_img = _mask(fixed_mask, fixed_img, "fixed mask")
     moving_mask_img = _mask(moving_mask, moving_img, "moving mask")
+    check_memory(fixed_img.grid, moving_img.grid, stages, opts, device, fixed_mask_img is not None)
     check_image(fixed_img, "fixed image", None if fixed_mask_img is None else fixed_mask_img.data[0] > 0)
     check_image(moving_img, "moving image", None if moving_mask_img is None else moving_mask_img.data[0] > 0)
 
