@@ -212,31 +212,10 @@ def _check_nifti(path: Path) -> None:
     if scaled and not math.isfinite(header.scl_inter):
         raise InputError(f"'{data_path}' has a scaling intercept (scl_inter) of {header.scl_inter}: the voxel values are undefined")
     floating = np.dtype(component).kind == "f" and itemsize <= 8
-    dtype = np.dtype(component).newbyteorder(header.endian)
-    n_bad = [0, 0]  # NaN, infinite
-    got = 0
-    with _open_maybe_gzip(data_path) as stream:
-        skipped = 0
-        while skipped < offset:  # in chunks: a corrupt vox_offset may be huge
-            step = len(_read_exactly(stream, min(_CHUNK, offset - skipped), data_path, "(its header)"))
-            skipped += step
-            if step == 0:
-                got = -1
-                break
-        while got >= 0 and got < expected:
-            want = min(_CHUNK - _CHUNK % itemsize, expected - got)
-            chunk = _read_exactly(stream, want, data_path, f"(after {got} of its {expected} voxel bytes)")
-            if floating and len(chunk) >= itemsize:
-                values = np.frombuffer(chunk[: len(chunk) - len(chunk) % itemsize], dtype=dtype)
-                if not np.isfinite(values).all():
-                    nan = int(np.isnan(values).sum())
-                    n_bad[0] += nan
-                    n_bad[1] += int((~np.isfinite(values)).sum()) - nan
-            got += len(chunk)
-            if len(chunk) < want:
-                break
+    scan = np.dtype(component).newbyteorder(header.endian) if floating else None
+    got, n_nan, n_inf = _scan_data(data_path, offset, expected, scan)
     if got < expected:
-        have = max(got, 0)
+        have = got
         shape = "x".join(str(d) for d in header.dims)
         raise InputError(
             f"'{data_path}' is truncated: its NIfTI header promises {shape} voxels of "
@@ -244,11 +223,41 @@ def _check_nifti(path: Path) -> None:
             f"{offset}-byte header), but only {have} bytes ({100 * have / expected:.1f}%) are there"
             f"{' once decompressed' if _is_gzip(data_path) else ''}; the file was cut short (copy or download it again)"
         )
-    if n_bad[0] or n_bad[1]:
+    if n_nan or n_inf:
         raise InputError(
-            f"'{data_path}' has {n_bad[0]} NaN and {n_bad[1]} infinite voxels out of {n_voxels * count} "
+            f"'{data_path}' has {n_nan} NaN and {n_inf} infinite voxels out of {n_voxels * count} "
             "(SimpleITK would read them as 0); replace them (e.g. with 0) in the file first"
         )
+
+
+def _scan_data(path: Path, offset: int, expected: int, dtype: np.dtype | None) -> tuple[int, int, int]:
+    """Voxel bytes present after ``offset`` (at most ``expected``) and, for a float ``dtype``, the
+    NaN and infinite values among them: streamed in chunks, so never a second copy of the image.
+    An uncompressed file whose voxels need no scan is measured by its size alone."""
+    if dtype is None and not _is_gzip(path):
+        return min(expected, max(0, path.stat().st_size - offset)), 0, 0
+    got = n_nan = n_inf = 0
+    itemsize = 1 if dtype is None else dtype.itemsize
+    with _open_maybe_gzip(path) as stream:
+        skipped = 0
+        while skipped < offset:  # in chunks: a corrupt vox_offset may be huge
+            step = len(_read_exactly(stream, min(_CHUNK, offset - skipped), path, "(its header)"))
+            skipped += step
+            if step == 0:
+                return 0, 0, 0
+        while got < expected:
+            want = min(_CHUNK - _CHUNK % itemsize, expected - got)
+            chunk = _read_exactly(stream, want, path, f"(after {got} of its {expected} voxel bytes)")
+            if dtype is not None and len(chunk) >= itemsize:
+                values = np.frombuffer(chunk, dtype=dtype, count=len(chunk) // itemsize)
+                if not np.isfinite(values).all():
+                    nan = int(np.isnan(values).sum())
+                    n_nan += nan
+                    n_inf += int((~np.isfinite(values)).sum()) - nan
+            got += len(chunk)
+            if len(chunk) < want:
+                break
+    return got, n_nan, n_inf
 
 
 def _is_gzip(path: Path) -> bool:

@@ -108,7 +108,10 @@ def read_image(
     else:
         if path.stat().st_size == 0:
             raise InputError(f"cannot read '{path}': the file is empty (0 bytes)")
-        check_image_file(path)
+        try:
+            check_image_file(path)
+        except OSError as error:  # e.g. permission denied
+            raise InputError(f"cannot read '{path}': {error.strerror or error}") from error
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:

@@ -16,15 +16,17 @@ per voxel set by what each phase holds at once (float32 working dtype, CPU):
   validation (two more warps with inside masks, the overlapping values gathered, soft-binned
   MI over every overlapping voxel): together ~57 B per fixed voxel and ~20 B per moving
   voxel for linear stages;
-* deformable stages: the displacement field on the level grid (12 B) with the autograd
-  graph of its separable B-spline evaluation, the composed points and their gradients:
-  ~220 B per fixed voxel for B-splines; SVF evaluates at the samples only, so its cost is that
-  of the linear stages plus its flow on a coarse grid.
+* deformable stages (B-spline or SVF): the optimisation holds the displacement on the level
+  grid (12 B) with the autograd graph of its evaluation, but the peak comes after it, in the
+  validation: the Jacobian determinant of the displacement on the full fixed grid, in float64
+  (the field 24 B, its gradient 72 B, the determinant and the mask) and the dense final warp.
+  At 2 mm the B-spline run peaks at 195 MB above the images during optimisation and 537 MB in
+  the validation.
 
-The per-voxel costs and the fixed overhead (histograms, KNN validation, allocator slack) are
-the figures measured as peak RSS of 2 mm (98x116x94) and 1 mm (196x232x188) runs of the
-sample brain: affine 274 MB / 849 MB above the loaded images, B-spline 685 MB / 2474 MB, i.e.
-77 and 239 B per voxel plus ~190 / ~430 MB. float64 doubles the torch part.
+The constants below are what peak RSS shows on the sample brain at 2 mm (98x116x94) and 1 mm
+(196x232x188), above the two loaded images: affine 274 MB / 849 MB (77 B per voxel + ~190 MB),
+B-spline 685 / 2474 MB (239 B + ~430 MB), SVF 598 / 2508 MB (255 B + ~325 MB). The estimate
+is within 6 % of those (SVF 2 mm: +20 %). float64 doubles the torch part.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ FOREGROUND_BYTES = 56
 LINEAR_FIXED_BYTES = 57
 #: Bytes per moving voxel: its smoothed levels, the B-spline coefficients, smoothing copies.
 MOVING_BYTES = 20
-#: Bytes per fixed voxel of a B-spline stage (dense displacement and its autograd graph).
-BSPLINE_FIXED_BYTES = 220
+#: Bytes per fixed voxel of a deformable run (its validation's float64 Jacobian is the peak).
+DEFORMABLE_FIXED_BYTES = 235
 #: Fixed overhead of a run (histograms, KNN validation, libraries' workspaces, allocator slack).
 OVERHEAD_BYTES = {"linear": 200e6, "deformable": 450e6}
 
@@ -97,14 +99,14 @@ def estimate_peak_bytes(
         Bytes beyond the two images already loaded (float32), on the host and on the device.
     """
     n_fixed, n_moving = fixed.numel, moving.numel
-    deformable = any(kind == "bspline" for kind in stages)
-    per_fixed = BSPLINE_FIXED_BYTES if deformable else LINEAR_FIXED_BYTES
+    deformable = any(kind in DEFORMABLE_STAGES for kind in stages)
+    per_fixed = DEFORMABLE_FIXED_BYTES if deformable else LINEAR_FIXED_BYTES
     scale = 2.0 if opts.dtype == "float64" else 1.0
     torch_bytes = scale * (per_fixed * n_fixed + MOVING_BYTES * n_moving)
-    torch_bytes += OVERHEAD_BYTES["deformable" if any(k in DEFORMABLE_STAGES for k in stages) else "linear"]
+    torch_bytes += OVERHEAD_BYTES["deformable" if deformable else "linear"]
     foreground = FOREGROUND_BYTES * n_fixed if opts.sampling_region == "foreground" and not has_fixed_mask else 0.0
     detail = (
-        f"{'B-spline' if deformable else 'linear'} stages ~{int(scale * per_fixed)} B per fixed voxel "
+        f"{'deformable' if deformable else 'linear'} stages ~{int(scale * per_fixed)} B per fixed voxel "
         f"({_size(fixed)}) and ~{int(scale * MOVING_BYTES)} B per moving voxel ({_size(moving)})"
     )
     if device.type == "cuda":
