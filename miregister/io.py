@@ -13,6 +13,7 @@ the file is written in a temporary folder beside the target and moved into place
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
+from .errors import InputError, UsageError
+from .filecheck import check_image_file, describe_format, nifti_version
 from .image import Image
 
 __all__ = ["read_image", "write_image", "as_image", "check_image", "WRITE_EXTENSIONS"]
@@ -87,27 +90,37 @@ def read_image(
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If the file cannot be read (the reason is given), the folder holds no DICOM series or
-        not ``series_id``, or the image is not 2D or 3D.
+    InputError
+        (a ``ValueError``) naming the file and the problem: the file does not exist or is
+        empty; its bytes contradict its header (a NIfTI, MetaImage or NRRD file cut short, a
+        corrupt ``.gz``); a NIfTI or MetaImage voxel size that is 0, negative or not finite;
+        NaN/infinite voxels in a NIfTI file (SimpleITK would read them as 0; see
+        :func:`miregister.filecheck.check_image_file`); a file SimpleITK cannot read (what
+        the file is and what was expected is said, SimpleITK's words are in the chained
+        exception); a folder with no DICOM series or not ``series_id``; an image that is not 2D
+        or 3D.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such image file or folder: '{path}'")
+        raise InputError(f"file not found: '{path}'")
     if path.is_dir():
         image = _read_dicom_series(path, series_id)
     else:
+        if path.stat().st_size == 0:
+            raise InputError(f"cannot read '{path}': the file is empty (0 bytes)")
+        try:
+            check_image_file(path)
+        except OSError as error:  # e.g. permission denied
+            raise InputError(f"cannot read '{path}': {error.strerror or error}") from error
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
-            raise ValueError(f"cannot read image '{path}': {_sitk_reason(error)}") from error
+            raise InputError(_unreadable(path, error)) from error
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         # e.g. NIfTI volumes stored with a singleton time axis
         image = sitk.Extract(image, list(image.GetSize()[:3]) + [0], [0, 0, 0, 0])
     if image.GetDimension() not in (2, 3):
-        raise ValueError(
+        raise InputError(
             f"image '{path}' is {image.GetDimension()}D (size {image.GetSize()}): "
             "only 2D and 3D images are supported"
         )
@@ -124,24 +137,60 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
     """Read one DICOM series of ``folder`` (the first found, or ``series_id``)."""
     ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
-        raise ValueError(f"cannot read '{folder}': the folder holds no DICOM series")
+        raise InputError(f"cannot read '{folder}': the folder holds no DICOM series")
     if series_id is None:
         series_id = ids[0]
     elif series_id not in ids:
-        raise ValueError(f"DICOM folder '{folder}' has no series '{series_id}'; it has {ids}")
+        raise InputError(f"DICOM folder '{folder}' has no series '{series_id}'; it has {ids}")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as error:
-        raise ValueError(f"cannot read DICOM series '{series_id}' in '{folder}': {_sitk_reason(error)}") from error
+        raise InputError(
+            f"cannot read DICOM series '{series_id}' in '{folder}': a file of the series is damaged or not "
+            f"DICOM ({_sitk_reason(error)})"
+        ) from error
 
 
 def _sitk_reason(error: Exception) -> str:
-    """The useful last line of a SimpleITK exception message."""
+    """The useful last line of a SimpleITK exception message, without ITK's class/address prefix."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", lines[-1])
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """What ``path`` is and what was expected, for a file SimpleITK failed to read (its own
+    words, file-and-line fragments such as "1 1" or "set the suffix to an unsupported type.",
+    stay in the chained exception)."""
+    kind = describe_format(path)
+    text = str(error)
+    if kind == "NIfTI" and nifti_version(path) == 2:
+        return f"cannot read '{path}': it is a NIfTI-2 file, which this SimpleITK cannot read; save it as NIfTI-1"
+    if "Unable to determine ImageIO reader" in text or "Could not create IO object" in text:
+        if _extension(path) in _READABLE:
+            return (
+                f"cannot read '{path}': it is not a valid {kind} file (its first bytes are not a {kind} header); "
+                "the file is damaged or has the wrong extension"
+            )
+        return (
+            f"cannot read '{path}': no image reader accepts this {kind} file; expected NIfTI (.nii, .nii.gz), "
+            "MetaImage (.mha, .mhd), NRRD (.nrrd, .nhdr), PNG/JPEG/TIFF/BMP or a DICOM folder"
+        )
+    if "not recognized as a NIFTI file" in text or "dimensions, and is not supported" in text:
+        return f"cannot read '{path}': it is not a valid NIfTI file (its header is damaged)"
+    return (
+        f"cannot read '{path}': it is not a valid {kind} image (the file is damaged, truncated or has the wrong "
+        "extension)"
+    )
+
+
+#: Extensions of the formats read_image names in its docstring.
+_READABLE = {".nii", ".nii.gz", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg",
+             ".tif", ".tiff", ".bmp", ".dcm"}
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -169,19 +218,19 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
 
     Raises
     ------
-    ValueError
-        Before anything is written, for an unknown extension or a 3D image in a 2D-only
+    UsageError
+        (a ``ValueError``) before anything is written, for an unknown extension or a 3D image in a 2D-only
         format; after a failed write (e.g. float pixels to PNG), with SimpleITK's reason. No
         partial file is left behind in either case.
     """
     path = Path(path)
     ext = _extension(path)
     if ext not in WRITE_EXTENSIONS:
-        raise ValueError(
+        raise UsageError(
             f"cannot write '{path}': unknown extension '{ext}'; use one of {sorted(WRITE_EXTENSIONS)}"
         )
     if WRITE_EXTENSIONS[ext] and image.ndim != 2:
-        raise ValueError(f"cannot write '{path}': {ext} holds 2D images only, this image is {image.ndim}D")
+        raise UsageError(f"cannot write '{path}': {ext} holds 2D images only, this image is {image.ndim}D")
     out = _to_sitk(image, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write under the final name in a private folder beside the target, so that formats with
@@ -192,7 +241,7 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
         try:
             sitk.WriteImage(out, str(staged))
         except RuntimeError as error:
-            raise ValueError(f"cannot write '{path}': {_sitk_reason(error)}") from error
+            raise UsageError(f"cannot write '{path}': {_sitk_reason(error)}") from error
         # data files first, the header / main file last
         for extra in sorted(p for p in tmp.iterdir() if p != staged):
             os.replace(extra, path.parent / extra.name)
@@ -216,12 +265,12 @@ def _numpy_dtype(dtype: Any) -> np.dtype:
         return torch.empty((), dtype=dtype).numpy().dtype
     if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
         if int(dtype) not in _SITK_PIXEL_DTYPES:
-            raise ValueError(f"unsupported SimpleITK pixel type {sitk.GetPixelIDValueAsString(int(dtype))!r}")
+            raise UsageError(f"unsupported SimpleITK pixel type {sitk.GetPixelIDValueAsString(int(dtype))!r}")
         return np.dtype(_SITK_PIXEL_DTYPES[int(dtype)])
     try:
         return np.dtype(dtype)
     except TypeError as error:
-        raise ValueError(f"unknown pixel dtype {dtype!r}") from error
+        raise UsageError(f"unknown pixel dtype {dtype!r}") from error
 
 
 def _to_sitk(image: Image, dtype: Any = None) -> sitk.Image:
@@ -230,7 +279,7 @@ def _to_sitk(image: Image, dtype: Any = None) -> sitk.Image:
         return image.to_sitk()
     target = _numpy_dtype(dtype)
     if target.kind not in "biuf":
-        raise ValueError(f"cannot write pixels of dtype {target}; use an integer or float type")
+        raise UsageError(f"cannot write pixels of dtype {target}; use an integer or float type")
     array = image.data.detach().cpu().to(torch.float64).numpy()
     if np.issubdtype(target, np.integer):
         info = np.iinfo(target)
@@ -256,8 +305,9 @@ def as_image(obj: Any, dtype: torch.dtype | None = None) -> Image:
 
     Raises
     ------
-    TypeError
-        For any other type (the type is named).
+    InputError
+        (a ``ValueError``) for any other type (the type is named), an array or SimpleITK image
+        that is not 2D or 3D, and every problem :func:`read_image` reports for a file.
     """
     if isinstance(obj, Image):
         return obj if dtype is None or obj.dtype == dtype else obj.to(dtype)
@@ -266,14 +316,16 @@ def as_image(obj: Any, dtype: torch.dtype | None = None) -> Image:
         return read_image(obj, dtype=dtype)
     if isinstance(obj, sitk.Image):
         if obj.GetDimension() not in (2, 3):
-            raise ValueError(f"only 2D and 3D images are supported, got a {obj.GetDimension()}D SimpleITK image")
+            raise InputError(f"only 2D and 3D images are supported, got a {obj.GetDimension()}D SimpleITK image")
         return Image.from_sitk(obj, dtype=dtype)
     if isinstance(obj, (np.ndarray, Tensor)):
         array = obj.detach().cpu().numpy() if isinstance(obj, Tensor) else obj
         if array.ndim not in (2, 3):
-            raise ValueError(f"an array image must be 2D or 3D ([Z,] Y, X), got shape {array.shape}")
+            raise InputError(f"an array image must be 2D or 3D ([Z,] Y, X), got shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+            raise InputError(f"an array image must hold numbers, got dtype {array.dtype}")
         return Image.from_numpy(array, dtype=dtype)
-    raise TypeError(
+    raise InputError(
         f"cannot make an image from a {type(obj).__module__}.{type(obj).__qualname__}; expected a path, "
         "a SimpleITK.Image, a miregister Image or a numpy array"
     )
@@ -294,8 +346,8 @@ def check_image(image: Image, name: str = "image", mask: Tensor | None = None) -
 
     Raises
     ------
-    ValueError
-        If any voxel is NaN or infinite, or all (masked) voxels hold the same value (mutual
+    InputError
+        (a ``ValueError``) if any voxel is NaN or infinite, or all (masked) voxels hold the same value (mutual
         information is then zero whatever the transform).
     """
     data = image.data.detach()
@@ -305,20 +357,20 @@ def check_image(image: Image, name: str = "image", mask: Tensor | None = None) -
     if not bool(finite.all()):
         n_nan = int(torch.isnan(data).sum())
         n_inf = int((~finite).sum()) - n_nan
-        raise ValueError(
+        raise InputError(
             f"{name} has {n_nan} NaN and {n_inf} infinite voxels out of {data.numel()}; "
-            "replace them (e.g. with 0) before registering"
+            "replace them (e.g. with 0) first"
         )
     values = data
     if mask is not None:
         mask = mask.to(device=data.device, dtype=torch.bool)
         values = data[mask.expand_as(data)] if mask.dim() == data.dim() - 1 else data[mask]
         if values.numel() == 0:
-            raise ValueError(f"{name}: the mask selects no voxels")
+            raise InputError(f"{name}: the mask selects no voxels")
     low, high = float(values.min()), float(values.max())
     if low == high:
         where = " inside the mask" if mask is not None else ""
-        raise ValueError(
+        raise InputError(
             f"{name} is constant{where} (all voxels = {low}); mutual information needs intensity "
             "variation"
         )

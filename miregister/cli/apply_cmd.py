@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     for path, t in zip(args.transform, transforms):
         if t.ndim != reference.ndim:
             raise ValueError(f"transform {path} is {t.ndim}D but the reference image is {reference.ndim}D")
+        _check_invertible(path, t)
     transform = transforms[0] if len(transforms) == 1 else Composite(transforms)
     out = resample(image, transform, reference.grid, mode=args.interpolation, default_value=args.default_value)
     cast = None
@@ -49,3 +50,22 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(args.output, lambda staged: write_image(out, staged, dtype=cast))
     print(f"wrote {args.output}")
     return EXIT_OK
+
+
+def _check_invertible(path: str, transform) -> None:
+    """Refuse a transform whose linear part is singular or not finite: it maps the whole
+    reference grid onto a plane, line or point of the moving image, i.e. a constant output."""
+    import torch
+
+    from ..errors import InputError
+    from ..transforms.base import LinearTransform
+
+    for part in (m for m in transform.modules() if isinstance(m, LinearTransform)):
+        matrix = part.affine_matrix().detach().to(torch.float64)
+        finite = bool(torch.isfinite(matrix).all())
+        if not finite or float(torch.linalg.cond(matrix[:, :-1, :-1]).max()) > 1e12:
+            raise InputError(
+                f"transform file {path} holds a {'singular' if finite else 'non-finite'} matrix "
+                f"{matrix[0, :-1, :-1].tolist()}: it would map the whole reference grid onto "
+                "a plane, line or point of the image (a constant output); check the file"
+            )

@@ -64,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     values_b, inside = on_fixed_grid(b, a)
     stats = compare(a, values_b, inside, region, description, args.bins, args.knn_samples, args.seed)
     if stats is None:
-        raise InputError("the images barely overlap in physical space (fewer than 100 common voxels in the region)")
+        raise InputError(
+            f"{args.image2} covers fewer than 100 voxels of {args.image1}'s region in physical space: mi compares "
+            "the images where they lie, without moving either; check their origins and directions, or register "
+            "them first and measure the warped image"
+        )
     if args.json:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
     else:

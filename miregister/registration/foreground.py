@@ -47,17 +47,45 @@ def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:
         Bool mask on the CPU; all True when no clear foreground is found (e.g. a test
         pattern that fills the field of view), so that the caller never samples nothing.
     """
-    data = image.data[:1].detach().cpu().to(torch.float64)
     spacing = np.asarray(image.grid.spacing)[::-1]  # array axis order ([z,] y, x)
-    smoothed = gaussian_smooth(data[None], float(spacing.min()), image.grid)[0, 0].numpy()
+    smoothed_t = gaussian_smooth(image.data[None, :1].detach().cpu().to(torch.float64), float(spacing.min()), image.grid)
+    smoothed = np.ascontiguousarray(smoothed_t[0, 0].numpy())  # one float64 copy, ravelled without another
+    del smoothed_t
     if np.ptp(smoothed) <= 1e-9 * max(1.0, float(np.abs(smoothed).max())):  # (nearly) constant: no object
         return torch.ones(image.shape, dtype=torch.bool)
     threshold = _otsu(smoothed.ravel())
     inside = smoothed > threshold
+    del smoothed  # the distance step below needs only the object
     if inside.mean() > 0.9 or inside.sum() < 10:
         return torch.ones(image.shape, dtype=torch.bool)
     factor = max(1, int(margin_mm / 5.0 / spacing.min()))
+    if factor == 1:
+        return torch.from_numpy(_within(inside, spacing, margin_mm))
     return torch.from_numpy(_distance_to(inside, spacing, factor) <= margin_mm)
+
+
+#: Voxels per slab of :func:`_within` (halo included): bounds the distance transform's ~50 bytes
+#: per voxel (int32 feature indices, their float64 offsets) to ~25 MB whatever the image size.
+SLAB_VOXELS = 1 << 19
+
+
+def _within(inside: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.ndarray:
+    """``distance_transform_edt(~inside, spacing) <= margin_mm``, computed slab by slab along the
+    first axis, each slab with a halo of ``margin_mm``: an object voxel within the margin of a
+    slab voxel lies in its halo, so every slab voxel gets the same distance (and the same
+    answer) as from the whole image, and one further away is > margin either way."""
+    halo = int(np.floor(margin_mm / spacing[0])) + 1
+    plane = int(np.prod(inside.shape[1:]))
+    step = max(1, SLAB_VOXELS // max(plane, 1) - 2 * halo)
+    out = np.zeros(inside.shape, dtype=bool)
+    for start in range(0, inside.shape[0], step):
+        stop = min(start + step, inside.shape[0])
+        lo, hi = max(0, start - halo), min(inside.shape[0], stop + halo)
+        block = inside[lo:hi]
+        if block.any():  # no object near: the slab stays outside (the transform of no object is undefined)
+            near = ndimage.distance_transform_edt(~block, sampling=spacing) <= margin_mm
+            out[start:stop] = near[start - lo : stop - lo]
+    return out
 
 
 def _distance_to(inside: np.ndarray, spacing: np.ndarray, factor: int) -> np.ndarray:

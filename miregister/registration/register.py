@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..grid import Grid
 from ..image import Image
 from ..io import as_image, check_image
@@ -18,7 +19,8 @@ from ..mi.bins import SOFT_AUTO_FACTOR, auto_bins
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
 from ..warp import resample
 from .initialization import initial_centers
-from .levels import Level, LevelCache
+from .levels import Level, LevelCache, check_level_sizes
+from .memory import check_memory
 from .optimize import DenseDeformation, LevelProblem, optimize_level
 from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
 from .result import RegistrationResult
@@ -113,10 +115,15 @@ def register(
 
     Raises
     ------
-    ValueError
-        For NaN/inf voxels, a constant image, an empty mask, images of different dimension,
-        masks on the wrong grid, unknown options; :class:`RegistrationError` (a ValueError)
-        when the images do not overlap or the metric diverges.
+    InputError
+        For a missing, truncated or corrupt file, NaN/inf voxels, bad voxel sizes, a constant
+        image, an empty mask, images of different dimension or thinner than 2 voxels along an
+        axis, masks on the wrong grid, an input of the wrong type.
+    UsageError
+        For option values out of range, e.g. shrink factors that leave a level thinner than 2 voxels.
+    RegistrationError
+        When the run would not fit in memory, the images do not overlap or the metric diverges.
+        All three are :class:`~miregister.errors.MiregisterError` and ``ValueError`` subclasses.
     """
     start = time.perf_counter()
     stages = parse_stages(transform)
@@ -127,11 +134,13 @@ def register(
     fixed_img = _single_channel(as_image(fixed), "fixed image")
     moving_img = _single_channel(as_image(moving), "moving image")
     if fixed_img.ndim != moving_img.ndim:
-        raise ValueError(
+        raise InputError(
             f"the fixed image is {fixed_img.ndim}D but the moving image is {moving_img.ndim}D; both must have the same dimension"
         )
+    check_level_sizes(fixed_img.grid, moving_img.grid, [f for kind in stages for f in opts.stage(kind).shrink_factors])
     fixed_mask_img = _mask(fixed_mask, fixed_img, "fixed mask")
     moving_mask_img = _mask(moving_mask, moving_img, "moving mask")
+    check_memory(fixed_img.grid, moving_img.grid, stages, opts, device, fixed_mask_img is not None)
     check_image(fixed_img, "fixed image", None if fixed_mask_img is None else fixed_mask_img.data[0] > 0)
     check_image(moving_img, "moving image", None if moving_mask_img is None else moving_mask_img.data[0] > 0)
 
@@ -226,16 +235,16 @@ def _mask(mask: Any, image: Image, name: str) -> Image | None:
         return None
     mask_img = as_image(mask)
     if mask_img.ndim != image.ndim:
-        raise ValueError(f"the {name} is {mask_img.ndim}D but its image is {image.ndim}D")
+        raise InputError(f"the {name} is {mask_img.ndim}D but its image is {image.ndim}D")
     if not mask_img.grid.same_as(image.grid, tolerance=1e-3):
-        raise ValueError(
+        raise InputError(
             f"the {name} must lie on the grid of its image: mask size {mask_img.grid.size}, spacing "
             f"{mask_img.grid.spacing}, origin {mask_img.grid.origin} vs image size {image.grid.size}, "
             f"spacing {image.grid.spacing}, origin {image.grid.origin}"
         )
     binary = (mask_img.data[:1] != 0).to(torch.float32)
     if not bool(binary.any()):
-        raise ValueError(f"the {name} is empty: it selects no voxel")
+        raise InputError(f"the {name} is empty: it selects no voxel")
     return mask_img.with_data(binary)
 
 

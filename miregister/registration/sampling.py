@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..grid import Grid
 
 __all__ = ["sample_points"]
@@ -52,16 +53,16 @@ def sample_points(
 
     Raises
     ------
-    ValueError
-        If the mask is empty or its shape does not match the grid.
+    InputError
+        (a ``ValueError``) if the mask is empty or its shape does not match the grid.
     """
     generator = torch.Generator().manual_seed(int(seed))
     if mask is not None:
         if tuple(mask.shape) != grid.shape:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the grid shape {grid.shape}")
+            raise InputError(f"mask of shape {tuple(mask.shape)} does not match the grid shape {grid.shape}")
         candidates = torch.nonzero(mask.detach().cpu().reshape(-1) > 0).squeeze(1)
         if candidates.numel() == 0:
-            raise ValueError("the mask is empty: no voxel to sample")
+            raise InputError(f"the mask selects no voxel of the {'x'.join(map(str, grid.size))} grid: nothing to sample")
     else:
         candidates = None
     total = grid.numel if candidates is None else candidates.numel()
