@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     stats = compare(a, values_b, inside, region, description, args.bins, args.knn_samples, args.seed)
     if stats is None:
         raise InputError(
-            f"{args.image2} covers fewer than 100 voxels of {args.image1}'s region in physical space: mi compares "
+            f"{args.image2} covers only {int((region.to(inside.device) & inside).sum())} voxels of {args.image1}'s "
+            f"{description} in physical space (at least 100 are needed): mi compares "
             "the images where they lie, without moving either; check their origins and directions, or register "
             "them first and measure the warped image"
         )
