@@ -46,6 +46,22 @@ class SpatialTransform(nn.Module):
         points = grid.points(dtype=dtype, device=device).unsqueeze(0).expand(self.batch_size, *grid.shape, grid.ndim)
         return self(points) - points
 
+    def inverse(self) -> "SpatialTransform":
+        """The inverse mapping (moving mm -> fixed mm), detached.
+
+        Here, for a non-linear transform defined on a grid (``self.grid``, e.g. a B-spline):
+        its displacement sampled on that grid and inverted numerically
+        (:meth:`~miregister.transforms.displacement.DisplacementField.inverse`). Linear
+        transforms, displacement fields, composites and SVFs override this.
+        """
+        grid = getattr(self, "grid", None)
+        if grid is None:
+            raise NotImplementedError(f"{type(self).__name__} has no inverse: it is neither linear nor defined on a grid")
+        from .displacement import DisplacementField  # displacement.py imports this module
+
+        dtype = next((p.dtype for p in self.parameters()), torch.float32)
+        return DisplacementField.from_transform(self, grid, dtype=dtype).inverse()
+
 
 class LinearTransform(SpatialTransform):
     """A transform ``T(x) = A x + t``; subclasses implement :meth:`affine_matrix`."""
@@ -61,3 +77,10 @@ class LinearTransform(SpatialTransform):
     def forward(self, points: Tensor) -> Tensor:
         """Map points ``(B, ..., D)`` (mm, fixed space) to moving space (mm)."""
         return apply_affine(self.affine_matrix(), points)
+
+    def inverse(self) -> "LinearTransform":
+        """The inverse mapping (moving mm -> fixed mm) as an ``Affine`` (exact, detached)."""
+        from .linear import Affine  # linear.py imports this module
+
+        matrix = self.affine_matrix().detach()
+        return Affine.from_matrix(torch.linalg.inv(matrix.double()), dtype=matrix.dtype).to(matrix.device)
