@@ -21,6 +21,7 @@ def write_run(
     *,
     transform_format: str | None = None,
     qc: bool = True,
+    jacobian: bool = False,
 ) -> list[Path]:
     """Write ``result`` into the folder ``out`` and return the paths written.
 
@@ -35,9 +36,19 @@ def write_run(
         the displacement field (mm, fixed grid) also written as ``displacement.nii.gz``.
     qc : bool
         Draw ``qc.png`` (checkerboards and joint histograms before/after).
+    jacobian : bool
+        Also write ``jacobian.nii.gz``: the Jacobian determinant of the transform on the fixed grid.
+
+    Notes
+    -----
+    The inverse (moving -> fixed) is always written: ``inverse.tfm``/``inverse.mat`` for
+    linear chains, ``inverse.h5`` and ``inverse_displacement.nii.gz`` (moving grid) for
+    deformable ones (:func:`miregister.transforms.io.write_inverse`).
     """
     from .io import write_image
     from .registration.qc import save_qc_figure
+    from .transforms.displacement import jacobian_determinant_image
+    from .transforms.io import write_inverse
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +60,9 @@ def write_run(
         written.append(result.save_transform(staging / f"transform.{fmt}"))
         if not linear:
             written.append(result.save_transform(staging / "displacement.nii.gz"))
+        written += write_inverse(result.transform, staging, result.fixed.grid, result.moving.grid, linear_format=fmt if linear else "tfm")
+        if jacobian:
+            written.append(write_image(jacobian_determinant_image(result.transform, result.fixed.grid), staging / "jacobian.nii.gz"))
         written.append(write_image(result.warped, staging / "warped.nii.gz"))
         written.append(result.save_report(staging / "report.json"))
         if qc:

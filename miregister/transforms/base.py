@@ -50,17 +50,20 @@ class SpatialTransform(nn.Module):
         """The inverse mapping (moving mm -> fixed mm), detached.
 
         Here, for a non-linear transform defined on a grid (``self.grid``, e.g. a B-spline):
-        its displacement sampled on that grid and inverted numerically
-        (:meth:`~miregister.transforms.displacement.DisplacementField.inverse`). Linear
+        the inverse displacement on that grid, found numerically
+        (:func:`~miregister.transforms.displacement.invert_displacement`, evaluating the
+        transform itself between voxel centres). Linear
         transforms, displacement fields, composites and SVFs override this.
         """
         grid = getattr(self, "grid", None)
         if grid is None:
             raise NotImplementedError(f"{type(self).__name__} has no inverse: it is neither linear nor defined on a grid")
-        from .displacement import DisplacementField  # displacement.py imports this module
+        from .displacement import DisplacementField, invert_displacement  # displacement.py imports this module
 
         dtype = next((p.dtype for p in self.parameters()), torch.float32)
-        return DisplacementField.from_transform(self, grid, dtype=dtype).inverse()
+        with torch.no_grad():
+            field = self.displacement_field(grid, dtype=dtype)
+            return DisplacementField(grid, invert_displacement(field, grid, transform=self))
 
 
 class LinearTransform(SpatialTransform):

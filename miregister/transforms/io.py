@@ -259,9 +259,9 @@ def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> Spatial
     name = tx.GetName()
     if d not in (2, 3):
         raise InputError(f"only 2D and 3D transforms are supported, got a {d}D {name}")
-    if name == "CompositeTransform":
+    if name == "CompositeTransform" and not _wrapped_linear(tx):
         composite = sitk.CompositeTransform(tx)
-        members = [from_sitk(composite.GetNthTransform(i), dtype) for i in range(composite.GetNumberOfTransforms())]
+        members = [from_sitk(_nth_transform(composite, i), dtype) for i in range(composite.GetNumberOfTransforms())]
         if not members:
             raise InputError("the composite transform is empty")
         return Composite(members)
@@ -364,7 +364,7 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
         if ext in _IMAGE_EXTENSIONS:
             transform: SpatialTransform = _field_from_image(sitk.ReadImage(str(path)), dtype)
         else:
-            transform = from_sitk(sitk.ReadTransform(str(path)), dtype)
+            transform = from_sitk(_read_itk_transform(path), dtype)
     except InputError as error:
         raise InputError(f"{path} is not a transform file miregister can read: {error}") from error
     except RuntimeError as error:  # SimpleITK reports unreadable files as RuntimeError
@@ -372,6 +372,32 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
     if ndim is not None and transform.ndim != ndim:
         raise InputError(f"{path} holds a {transform.ndim}D transform, expected {ndim}D")
     return transform
+
+
+def _wrapped_linear(tx: sitk.Transform) -> bool:
+    """SimpleITK shows an ITK type it has no class for (Rigid2D, CenteredRigid2D, ...) as a
+    one-member composite whose member is that composite again: read such a one by its mapping."""
+    if not tx.IsLinear():
+        return False
+    composite = sitk.CompositeTransform(tx)
+    return composite.GetNumberOfTransforms() == 1 and _nth_transform(composite, 0).GetName() == "CompositeTransform"
+
+
+# SimpleITK's Python layer "downcasts" what it reads to the matching class and fails (KeyError)
+# for types its table lacks (ComposeScaleSkewVersor3DTransform in SimpleITK 2.x); the generic
+# Transform it holds works, so fall back to the undowncast call.
+def _read_itk_transform(path: Path) -> sitk.Transform:
+    try:
+        return sitk.ReadTransform(str(path))
+    except (KeyError, TypeError):
+        return sitk.Transform(sitk._SimpleITK.ReadTransform(str(path)))
+
+
+def _nth_transform(composite: sitk.CompositeTransform, index: int) -> sitk.Transform:
+    try:
+        return composite.GetNthTransform(index)
+    except (KeyError, TypeError):
+        return sitk.Transform(sitk._SimpleITK.CompositeTransform_GetNthTransform(composite, index))
 
 
 def _itk_reason(message: str, ext: str) -> str:
