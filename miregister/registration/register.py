@@ -61,7 +61,8 @@ def register(
         A linear fixed->moving transform to start from instead of the centre initialisation
         (as ANTs' ``-r``): a transform, or a ``.tfm``/``.mat``/``.h5`` file written by ITK,
         ANTs or miregister. A composite of linear transforms collapses to one affine; a
-        deformable one is refused (:class:`InputError`).
+        deformable one is refused (:class:`InputError`). Its centre of rotation is moved to
+        the fixed grid's centre (the mapping is unchanged).
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
@@ -217,7 +218,11 @@ def _initial_transform(
             )
         if transform.ndim != fixed.ndim:
             raise InputError(f"{name} is {transform.ndim}D but the images are {fixed.ndim}D")
-        return Affine.from_transform(transform).to(device=device, dtype=dtype)
+        start = Affine.from_transform(transform, dtype=torch.float64)
+        # rotate and scale about the fixed grid's centre (mapping unchanged): files often carry
+        # the world origin as centre (composites always do), which conditions the optimiser badly
+        start.set_center(fixed.grid.center())
+        return start.to(device=device, dtype=dtype)
     center, translation = initial_centers(
         fixed, moving, opts.initialization,
         None if fixed_mask is None else fixed_mask.data[0], None if moving_mask is None else moving_mask.data[0],
