@@ -257,8 +257,11 @@ def test_run_inverse_files_invert_the_forward(tmp_path):
     points = brain_points()
     linear_files = write_inverse(affine, tmp_path / "linear", fixed, moving)
     assert [p.name for p in linear_files] == ["inverse.tfm"]
-    inverse = sitk.ReadTransform(str(linear_files[0]))
-    assert np.linalg.norm(sitk_points(inverse, ours(affine, points)) - points, axis=1).max() < 0.05
+    mat = write_inverse(affine, tmp_path / "linear-mat", fixed, moving, linear_format="mat")
+    assert [p.name for p in mat] == ["inverse.mat"]
+    for path in (linear_files[0], mat[0]):
+        inverse = sitk.ReadTransform(str(path))
+        assert np.linalg.norm(sitk_points(inverse, ours(affine, points)) - points, axis=1).max() < 0.05
 
     bspline = BSpline(fixed, 20.0)
     with torch.no_grad():
