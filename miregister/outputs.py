@@ -153,6 +153,7 @@ def write_run(
     qc: bool = True,
     overwrite: bool = False,
     report: dict[str, Any] | None = None,
+    jacobian: bool = False,
 ) -> list[Path]:
     """Write ``result`` into the folder ``out`` (all or nothing) and return the paths written.
 
@@ -181,9 +182,19 @@ def write_run(
         or a write or move fails; the folder is then as it was before the call.
     UsageError
         For a transform format that does not suit the transform.
+    jacobian : bool
+        Also write ``jacobian.nii.gz``: the Jacobian determinant of the transform on the fixed grid.
+
+    Notes
+    -----
+    The inverse (moving -> fixed) is always written: ``inverse.tfm``/``inverse.mat`` for
+    linear chains, ``inverse.h5`` and ``inverse_displacement.nii.gz`` (moving grid) for
+    deformable ones (:func:`miregister.transforms.io.inverse_writers`).
     """
     from .io import write_image
     from .registration.qc import save_qc_figure
+    from .transforms.displacement import jacobian_determinant_image
+    from .transforms.io import inverse_writers
 
     text = os.fspath(out)
     folder = check_output_folder(out, overwrite=overwrite)
@@ -201,6 +212,9 @@ def write_run(
         if not linear:
             writers.append(("displacement.nii.gz", result.save_transform))
         writers.append(("warped.nii.gz", lambda p: write_image(result.warped, p)))
+        writers += inverse_writers(result.transform, result.fixed.grid, result.moving.grid, linear_format=fmt if linear else "tfm")
+        if jacobian:
+            writers.append(("jacobian.nii.gz", lambda p: write_image(jacobian_determinant_image(result.transform, result.fixed.grid), p)))
         if qc:
             writers.append(("qc.png", lambda p: save_qc_figure(result, p)))
         names = [name for name, _ in writers] + [REPORT]

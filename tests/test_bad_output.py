@@ -66,14 +66,14 @@ def test_foreign_non_empty_folder_is_refused_unless_overwrite(tmp_path, capsys, 
     assert _register(out, *LINEAR, "--no-qc", "--overwrite") == 0
     # The user's file stays; the run lists exactly the files it wrote, all of them present.
     assert (out / "notes.txt").read_text() == "mine"
-    assert _listed(out) == {"transform.tfm", "warped.nii.gz", "report.json"}
+    assert _listed(out) == {"transform.tfm", "inverse.tfm", "warped.nii.gz", "report.json"}
     assert set(_contents(out)) == _listed(out) | {"notes.txt"}
 
 
 def test_rerun_is_refused_without_overwrite_and_overwrite_removes_previous_files(tmp_path, capsys):
     out = tmp_path / "out"
     assert _register(out, *DEFORMABLE) == 0
-    assert set(_contents(out)) == _listed(out) == {"transform.h5", "displacement.nii.gz", "warped.nii.gz", "report.json", "qc.png"}
+    assert set(_contents(out)) == _listed(out) == {"transform.h5", "displacement.nii.gz", "inverse.h5", "inverse_displacement.nii.gz", "warped.nii.gz", "report.json", "qc.png"}
     before = _contents(out)
     assert _register(out, *LINEAR) == 1
     err = capsys.readouterr().err
@@ -81,10 +81,10 @@ def test_rerun_is_refused_without_overwrite_and_overwrite_removes_previous_files
     assert _contents(out) == before
     # A linear run replaces the deformable one: no transform.h5 or displacement beside transform.tfm.
     assert _register(out, *LINEAR, "--overwrite") == 0
-    assert set(_contents(out)) == _listed(out) == {"transform.tfm", "warped.nii.gz", "report.json", "qc.png"}
+    assert set(_contents(out)) == _listed(out) == {"transform.tfm", "inverse.tfm", "warped.nii.gz", "report.json", "qc.png"}
     # --no-qc: the old qc.png goes too.
     assert _register(out, *LINEAR, "--overwrite", "--no-qc") == 0
-    assert set(_contents(out)) == _listed(out) == {"transform.tfm", "warped.nii.gz", "report.json"}
+    assert set(_contents(out)) == _listed(out) == {"transform.tfm", "inverse.tfm", "warped.nii.gz", "report.json"}
     assert _staging(out) == []
 
 

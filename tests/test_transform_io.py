@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from miregister import Grid, Image
+from miregister import Grid, Image, InputError
 from miregister.transforms import (
     Affine,
     Composite,
@@ -154,8 +154,8 @@ def test_displacement_field_image_parity_with_sitk(tmp_path, ndim, ext):
     image = sitk.ReadImage(str(path))
     assert image.GetNumberOfComponentsPerPixel() == ndim and image.GetDimension() == ndim
     dft = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
-    # NIfTI stores the geometry in float32: allow for that; the others are exact
-    tol = 1e-4 if ext == ".nii.gz" else 1e-8
+    # the displacements are stored in float32 (as ANTs does), NIfTI's geometry too
+    tol = 1e-4
     points = grid.points(dtype=torch.float64).reshape(-1, ndim).numpy()[::7]
     np.testing.assert_allclose(sitk_points(dft, points), ours_points(transform, points), atol=tol)
     # (c) resampling with the written field equals our warp on the reference grid
@@ -165,7 +165,7 @@ def test_displacement_field_image_parity_with_sitk(tmp_path, ndim, ext):
     theirs = sitk_resample(moving, grid, dft)
     interior = np.zeros_like(ours, dtype=bool)
     interior[(slice(1, -1),) * ndim] = True  # NIfTI's float32 geometry may flip the inside test at the rim
-    np.testing.assert_allclose(ours[interior], theirs[interior], atol=1e-3 if ext == ".nii.gz" else 1e-6)
+    np.testing.assert_allclose(ours[interior], theirs[interior], atol=1e-3 if ext == ".nii.gz" else 1e-4)
     # reading back gives a DisplacementField that maps like the original at the grid points
     back = read_transform(path, ndim=ndim, dtype=torch.float64)
     assert isinstance(back, DisplacementField) and back.grid.same_as(grid, tolerance=1e-4)
@@ -181,7 +181,7 @@ def test_displacement_field_transform_matches_itk_between_and_outside_voxels(tmp
     index = rng.uniform(-2.0, np.array(grid.size) + 1.0, size=(300, 3))  # inside, rim and outside
     index = index[np.all(np.abs(np.abs(index - (np.array(grid.size) - 1) / 2) - np.array(grid.size) / 2) > 1e-6, 1)]
     points = grid.index_to_physical_np(index)
-    np.testing.assert_allclose(ours_points(field, points), sitk_points(dft, points), atol=1e-9)
+    np.testing.assert_allclose(ours_points(field, points), sitk_points(dft, points), atol=1e-5)  # float32 pixels on disk
 
 
 # ---------------------------------------------------------------------- composites
@@ -241,7 +241,7 @@ def test_read_errors(tmp_path):
         read_transform(three, ndim=2)
     garbage = tmp_path / "garbage.tfm"
     garbage.write_text("this is not a transform\n")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(InputError, match="is not a transform file miregister can read: not an ITK transform file"):
         read_transform(garbage)
     scalar = tmp_path / "scalar.nii.gz"
     sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkFloat32), str(scalar))

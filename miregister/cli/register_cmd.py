@@ -63,6 +63,9 @@ def add_parser(commands) -> None:
                           "the moving kernel must not be box)")
     reg.add_argument("--seed", type=int, help="seed of every random choice, 0 to 2**32-1 (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
+    reg.add_argument("--initial-transform", metavar="FILE",
+                     help="start from this linear fixed->moving transform (.tfm/.mat/.h5 from ITK, ANTs or miregister; "
+                          "as ANTs -r) instead of --initialization")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
     reg.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
     reg.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
@@ -76,6 +79,8 @@ def add_parser(commands) -> None:
                           "(trilinear: ~20%% faster, about twice the error of deformable stages)")
     reg.add_argument("--transform-format", choices=("tfm", "mat", "h5"), default=None,
                      help="linear: tfm (default) or mat; deformable: h5 (default), with the displacement field also as NIfTI")
+    reg.add_argument("--jacobian", action="store_true",
+                     help="also write jacobian.nii.gz: the Jacobian determinant of the fixed->moving mapping on the fixed grid")
     reg.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
     reg.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
     reg.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
@@ -115,11 +120,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output, overwrite=args.overwrite)
     result = register(
         args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-        device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
+        initial_transform=args.initial_transform, device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
         verbose=not args.quiet, **options,
     )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
-    final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite)
+    final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite,
+                      jacobian=args.jacobian)
     if not args.quiet:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")

@@ -68,7 +68,7 @@ def register(
     *,
     fixed_mask: Any = None,
     moving_mask: Any = None,
-    initial_transform: SpatialTransform | None = None,
+    initial_transform: Any = None,
     callback: Callable[[IterationInfo], Any] | None = None,
     **options: Any,
 ) -> RegistrationResult:
@@ -90,8 +90,12 @@ def register(
         (``T(x) = A(x + u(x))``).
     fixed_mask, moving_mask : image-like, optional
         Non-zero where the metric may look, on the grid of the image they belong to.
-    initial_transform : SpatialTransform, optional
-        A linear fixed->moving transform to start from instead of the centre initialisation.
+    initial_transform : SpatialTransform, SimpleITK.Transform, str or PathLike, optional
+        A linear fixed->moving transform to start from instead of the centre initialisation
+        (as ANTs' ``-r``): a transform, or a ``.tfm``/``.mat``/``.h5`` file written by ITK,
+        ANTs or miregister. A composite of linear transforms collapses to one affine; a
+        deformable one is refused (:class:`InputError`). Its centre of rotation is moved to
+        the fixed grid's centre (the mapping is unchanged).
     callback : callable, optional
         Called after every evaluation of the metric with an :class:`IterationInfo` (stage,
         level, iteration, objective in nats, the live transform), as SimpleITK's iteration
@@ -259,11 +263,24 @@ def _initial_transform(
     device: torch.device,
 ) -> SpatialTransform:
     if given is not None:
-        if not given.is_linear:
-            raise ValueError("initial_transform must be a linear transform (translation, rigid, similarity or affine)")
-        if given.ndim != fixed.ndim:
-            raise ValueError(f"initial_transform is {given.ndim}D but the images are {fixed.ndim}D")
-        return Affine.from_transform(given).to(device=device, dtype=dtype)
+        from ..errors import InputError
+        from ..transforms.io import as_transform
+
+        name = f"initial transform {given}" if isinstance(given, (str, os.PathLike)) else "initial_transform"
+        transform = as_transform(given)
+        if not transform.is_linear:
+            raise InputError(
+                f"{name} is deformable ({type(transform).__name__}): a start must be linear (translation, rigid, "
+                "similarity, affine or a composite of them), because every stage re-fits a linear transform from it "
+                "and a deformable stage is built fresh on the fixed grid"
+            )
+        if transform.ndim != fixed.ndim:
+            raise InputError(f"{name} is {transform.ndim}D but the images are {fixed.ndim}D")
+        start = Affine.from_transform(transform, dtype=torch.float64)
+        # rotate and scale about the fixed grid's centre (mapping unchanged): files often carry
+        # the world origin as centre (composites always do), which conditions the optimiser badly
+        start.set_center(fixed.grid.center())
+        return start.to(device=device, dtype=dtype)
     center, translation = initial_centers(
         fixed, moving, opts.initialization,
         None if fixed_mask is None else fixed_mask.data[0], None if moving_mask is None else moving_mask.data[0],

@@ -46,6 +46,25 @@ class SpatialTransform(nn.Module):
         points = grid.points(dtype=dtype, device=device).unsqueeze(0).expand(self.batch_size, *grid.shape, grid.ndim)
         return self(points) - points
 
+    def inverse(self) -> "SpatialTransform":
+        """The inverse mapping (moving mm -> fixed mm), detached.
+
+        Here, for a non-linear transform defined on a grid (``self.grid``, e.g. a B-spline):
+        the inverse displacement on that grid, found numerically
+        (:func:`~miregister.transforms.displacement.invert_displacement`, evaluating the
+        transform itself between voxel centres). Linear
+        transforms, displacement fields, composites and SVFs override this.
+        """
+        grid = getattr(self, "grid", None)
+        if grid is None:
+            raise NotImplementedError(f"{type(self).__name__} has no inverse: it is neither linear nor defined on a grid")
+        from .displacement import DisplacementField, invert_displacement  # displacement.py imports this module
+
+        dtype = next((p.dtype for p in self.parameters()), torch.float32)
+        with torch.no_grad():
+            field = self.displacement_field(grid, dtype=dtype)
+            return DisplacementField(grid, invert_displacement(field, grid, transform=self))
+
 
 class LinearTransform(SpatialTransform):
     """A transform ``T(x) = A x + t``; subclasses implement :meth:`affine_matrix`."""
@@ -61,3 +80,10 @@ class LinearTransform(SpatialTransform):
     def forward(self, points: Tensor) -> Tensor:
         """Map points ``(B, ..., D)`` (mm, fixed space) to moving space (mm)."""
         return apply_affine(self.affine_matrix(), points)
+
+    def inverse(self) -> "LinearTransform":
+        """The inverse mapping (moving mm -> fixed mm) as an ``Affine`` (exact, detached)."""
+        from .linear import Affine  # linear.py imports this module
+
+        matrix = self.affine_matrix().detach()
+        return Affine.from_matrix(torch.linalg.inv(matrix.double()), dtype=matrix.dtype).to(matrix.device)

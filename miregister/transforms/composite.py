@@ -84,6 +84,11 @@ class Composite(SpatialTransform):
             mapped = Composite(list(self.transforms)[:-1])(mapped)
         return mapped - points
 
+    def inverse(self) -> "Composite":
+        """The inverse mapping (moving mm -> fixed mm): the members' inverses in reverse order,
+        ``T^-1 = tn^-1 o ... o t0^-1`` (detached; see each member's ``inverse``)."""
+        return Composite([t.inverse() for t in reversed(self.transforms)])
+
     def affine_matrix(self) -> Tensor:
         """Homogeneous ``(B, D+1, D+1)`` product ``M0 @ M1 @ ... @ Mn`` (only when all are linear)."""
         if not self.is_linear:

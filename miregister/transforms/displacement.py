@@ -13,7 +13,7 @@ from ..grid import Grid
 from ..warp import sample
 from .base import SpatialTransform
 
-__all__ = ["DisplacementField"]
+__all__ = ["DisplacementField", "invert_displacement", "jacobian_determinant_image"]
 
 
 class DisplacementField(SpatialTransform):
@@ -66,6 +66,17 @@ class DisplacementField(SpatialTransform):
         u, _ = sample(channels, self.grid, points, mode="linear", padding_value=0.0, margin=0.5)
         return points + u.movedim(1, -1)
 
+    def inverse(self, iterations: int = 50, tolerance: float = 1e-3) -> "DisplacementField":
+        """The inverse mapping (moving mm -> fixed mm) as a displacement field on the same grid.
+
+        Solved numerically (:func:`invert_displacement`), as ITK's
+        ``InvertDisplacementFieldImageFilter`` and ANTs' inverse warps are: exact at the voxel
+        centres up to ``tolerance`` where the field is invertible (Jacobian determinant well
+        above 0), approximate where it folds. Detached.
+        """
+        with torch.no_grad():
+            return DisplacementField(self.grid, invert_displacement(self.field, self.grid, iterations, tolerance))
+
     def displacement_field(self, grid: Grid, dtype: torch.dtype = torch.float32) -> Tensor:
         """Displacement ``(B, *grid.shape, D)`` in mm on ``grid``; the stored field if the grids agree."""
         if grid.same_as(self.grid):
@@ -74,3 +85,93 @@ class DisplacementField(SpatialTransform):
 
     def extra_repr(self) -> str:
         return f"ndim={self.ndim}, batch_size={self.batch_size}, size={self.grid.size}"
+
+
+@torch.no_grad()
+def invert_displacement(
+    field: Tensor,
+    grid: Grid,
+    iterations: int = 50,
+    tolerance: float = 1e-3,
+    transform: SpatialTransform | None = None,
+    polish: int = 2,
+) -> Tensor:
+    """Displacement ``v`` of the inverse of ``T(x) = x + u(x)`` on the same grid.
+
+    Parameters
+    ----------
+    field : Tensor
+        ``u``, ``(B, *grid.shape, D)`` in mm (fixed -> moving).
+    grid : Grid
+        Where ``u`` is given; ``v`` is given on the same voxels (they stand for moving-space
+        points ``y`` now).
+    iterations : int
+        Most fixed-point iterations.
+    tolerance : float
+        Stop when ``|y + v(y) + u(y + v(y)) - y|`` is below ``tolerance`` times the smallest
+        spacing at every voxel (mm / mm).
+    transform : SpatialTransform, optional
+        ``T`` itself when it is known between voxel centres (e.g. a B-spline): after the
+        iterations on the linearly interpolated ``field``, ``polish`` more evaluate ``T``
+        exactly, which halves the error of ``T^-1(T(x))`` on coarse grids.
+    polish : int
+        Iterations with ``transform`` (only when it is given).
+
+    Returns
+    -------
+    Tensor
+        ``v`` ``(B, *grid.shape, D)`` in mm with ``T(y + v(y)) = y``, so ``T^-1(y) = y + v(y)``.
+
+    Notes
+    -----
+    The fixed-point iteration ``v <- -u(y + v)`` from ``v = -u`` (Chen et al. 2008, the scheme
+    of ITK's ``InvertDisplacementFieldImageFilter``), ``u`` linear between voxel centres. It
+    converges where the mapping is a contraction's perturbation (``|grad u| < 1``), i.e.
+    wherever ``T`` is well invertible; where ``T`` folds there is no inverse and ``v`` is a
+    compromise. Outside the grid ``T`` is the identity, so is ``T^-1``.
+    """
+    channels = field.detach().movedim(-1, 1)  # (B, D, *shape)
+    points = grid.points(dtype=field.dtype, device=field.device).unsqueeze(0)
+    limit = tolerance * min(grid.spacing)
+    v = -field.detach().clone()
+    for _ in range(iterations):
+        # u continued by its border values: with T's zero displacement outside, rim voxels whose
+        # y + v leaves the grid would flip between two values for ever
+        u, _ = sample(channels, grid, points + v, mode="linear", margin=1e6)
+        residual = v + u.movedim(1, -1)  # zero at the solution
+        v = v - residual
+        if float(residual.norm(dim=-1).max()) < limit:
+            break
+    if transform is not None:  # polish with T itself: a few steps from near the solution suffice
+        for _ in range(polish):
+            v = v - (transform(points + v) - points)
+    return v
+
+
+@torch.no_grad()
+def jacobian_determinant_image(transform: SpatialTransform, grid: Grid, index: int = 0):
+    """The Jacobian determinant of a fixed -> moving transform at every voxel of ``grid``.
+
+    Parameters
+    ----------
+    transform : SpatialTransform
+        Any transform (a linear one gives ``det(A)`` everywhere).
+    grid : Grid
+        Normally the fixed image's grid.
+    index : int
+        Which pair of a batched transform.
+
+    Returns
+    -------
+    Image
+        One channel, float32, on ``grid``: ``det(dT/dx)``, dimensionless: > 1 where a fixed
+        voxel's volume maps onto more moving volume, < 1 onto less, <= 0 where the mapping folds.
+        Computed by :func:`miregister.regularizers.jacobian_determinant` (second-order finite
+        differences in physical mm, exact for linear transforms).
+    """
+    from ..image import Image
+    from ..regularizers import jacobian_determinant
+
+    field = transform.displacement_field(grid, dtype=torch.float64)
+    det = jacobian_determinant(field[index if field.shape[0] > 1 else 0][None], grid)
+    return Image(det.to(torch.float32).cpu(), grid)

@@ -12,11 +12,24 @@ Formats, chosen by the file name's extension:
   :class:`~miregister.transforms.composite.Composite` is collapsed into one affine.
 * ``.nii`` / ``.nii.gz`` / ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd``: a displacement-field
   image on the ``reference`` grid, vector pixels = ``T(x) - x`` in mm (physical LPS axes),
-  float64. It loads with ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` and ANTs
-  reads such warps. Any transform can be written so (``reference`` is required).
+  float32 (as ANTs writes its warps; float64 doubles the size for no gain). It loads with
+  ``sitk.DisplacementFieldTransform(sitk.ReadImage(path, sitk.sitkVectorFloat64))`` (ITK's
+  displacement transform holds float64) and ANTs reads it as a warp. Any transform can be
+  written so (``reference`` is required).
 * ``.h5`` / ``.hdf5`` (ITK HDF5): any transform; a :class:`Composite` becomes an ITK
   ``CompositeTransform`` with its members in the same order, linear members as affines,
   B-splines as ``BSplineTransform`` and others as displacement fields on ``reference``.
+
+Reading accepts every ITK transform type SimpleITK can read: linear ones of any
+parametrisation (Euler, versor, similarity, scale, scale-versor, scale-skew-versor, affine,
+translation, ...) exactly, as the matching miregister class or an :class:`Affine` when no
+simpler one holds them exactly; displacement fields, cubic B-splines and composites.
+
+Transform lists as antsApplyTransforms takes them (:func:`compose_ants_list`): ``-t A -t B``
+maps a reference point x to ``B(A(x))`` -- the first listed acts first on reference points
+and the last lands in the image's space (ANTs says "the last transform is applied first",
+thinking of the image being moved). ``ants.registration``'s ``fwdtransforms``
+``[1Warp, 0GenericAffine]`` therefore works as given.
 
 Batches: a file holds one transform. A transform with ``batch_size > 1`` is written one pair
 at a time with ``index=i``; without ``index`` it is an error. Files are written atomically
@@ -28,6 +41,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,7 +53,12 @@ from .composite import Composite
 from .displacement import DisplacementField
 from .linear import Affine, CenteredLinearTransform, Rigid, Similarity, Translation
 
-__all__ = ["write_transform", "read_transform", "to_sitk", "from_sitk"]
+from ..errors import InputError
+
+__all__ = [
+    "write_transform", "read_transform", "to_sitk", "from_sitk", "as_transform",
+    "parse_transform_spec", "compose_ants_list", "inverse_writers", "write_inverse",
+]
 
 _LINEAR_EXTENSIONS = (".tfm", ".txt", ".mat")
 _HDF5_EXTENSIONS = (".h5", ".hdf5")
@@ -52,7 +71,7 @@ def _extension(path: Path) -> str:
         if name.endswith(ext):
             return ext
     known = ", ".join(_LINEAR_EXTENSIONS + _HDF5_EXTENSIONS + _IMAGE_EXTENSIONS)
-    raise ValueError(f"cannot tell the transform format of {str(path)!r}: use one of {known}")
+    raise InputError(f"cannot tell the transform format of {str(path)!r}: use one of {known}")
 
 
 def _pick(batch_size: int, index: int | None, what: str) -> int:
@@ -85,8 +104,11 @@ def _affine_to_sitk(transform: SpatialTransform, index: int | None) -> sitk.Affi
     return out
 
 
-def _field_image(transform: SpatialTransform, reference: Grid | None, index: int | None) -> sitk.Image:
-    """The displacement ``T(x) - x`` on ``reference`` as an ITK vector image (float64, mm)."""
+def _field_image(
+    transform: SpatialTransform, reference: Grid | None, index: int | None, pixel: type = np.float32
+) -> sitk.Image:
+    """The displacement ``T(x) - x`` on ``reference`` as an ITK vector image (mm; ``pixel`` float32
+    for files, float64 inside ITK transforms, which hold doubles)."""
     if reference is None:
         raise ValueError(f"writing a {type(transform).__name__} as a displacement field needs reference=Grid")
     if reference.ndim != transform.ndim:
@@ -94,7 +116,7 @@ def _field_image(transform: SpatialTransform, reference: Grid | None, index: int
     i = _pick(transform.batch_size, index, type(transform).__name__)
     with torch.no_grad():
         field = transform.displacement_field(reference, dtype=torch.float64)
-    array = field[i if field.shape[0] > 1 else 0].detach().cpu().numpy().astype(np.float64)
+    array = field[i if field.shape[0] > 1 else 0].detach().cpu().numpy().astype(pixel)
     image = sitk.GetImageFromArray(array, isVector=True)  # (*shape, D) -> vector pixels
     reference.copy_to_sitk(image)
     return image
@@ -121,7 +143,7 @@ def to_sitk(transform: SpatialTransform, reference: Grid | None = None, index: i
         return _affine_to_sitk(transform, index)
     if _has_native_sitk(transform):  # e.g. BSpline -> sitk.BSplineTransform, exact and compact
         return transform.to_sitk(batch_index=_pick(transform.batch_size, index, type(transform).__name__))
-    image = sitk.Cast(_field_image(transform, reference, index), sitk.sitkVectorFloat64)
+    image = _field_image(transform, reference, index, pixel=np.float64)
     return sitk.DisplacementFieldTransform(image)
 
 
@@ -193,6 +215,9 @@ def write_transform(
 
 # ---------------------------------------------------------------------- from SimpleITK
 def _linear_class(name: str) -> type[CenteredLinearTransform]:
+    """The miregister class an ITK linear type is meant as (checked for exactness by the caller)."""
+    if name.startswith(("Scale", "ComposeScale")):  # ScaleVersor3D, ScaleSkewVersor3D, Scale, ScaleLogarithmic
+        return Affine
     if "Translation" in name:
         return Translation
     if "Similarity" in name:
@@ -202,28 +227,44 @@ def _linear_class(name: str) -> type[CenteredLinearTransform]:
     return Affine
 
 
-def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> SpatialTransform:
-    """Convert a ``SimpleITK.Transform`` into a miregister transform (batch size 1).
+def _linear_from_matrix(m: np.ndarray, center: np.ndarray | None, name: str, dtype: torch.dtype) -> CenteredLinearTransform:
+    """The class ``name`` suggests when it reproduces ``m`` exactly, else an :class:`Affine`
+    (e.g. a rigid type holding a reflection)."""
+    cls = _linear_class(name)
+    if cls is not Affine:
+        trial = cls.from_matrix(m, center=center, dtype=torch.float64)
+        error = np.abs(trial.affine_matrix().detach().numpy()[0] - m).max()
+        if error > 1e-9 * max(1.0, np.abs(m).max()):
+            cls = Affine
+    return cls.from_matrix(m, center=center, dtype=dtype)
 
-    Linear ITK transforms (affine, Euler, versor, similarity, translation, scale, ...) become
-    the matching :mod:`~miregister.transforms.linear` class with ITK's centre; a displacement
-    field becomes :class:`DisplacementField`, a cubic ``BSplineTransform`` a ``BSpline`` and a
-    composite a :class:`Composite` (same order).
+
+def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> SpatialTransform:
+    """Convert a ``SimpleITK.Transform`` into a miregister transform (batch size 1), exactly.
+
+    Every linear ITK type (affine, Euler, versor, similarity, translation, scale,
+    scale-logarithmic, scale-versor, scale-skew-versor, ...) is read through its mapping (the
+    images of the origin and the unit vectors, in float64), so no parametrisation is lost; it
+    becomes :class:`Translation`, :class:`Rigid` or :class:`Similarity` when its type says so
+    and that class holds it exactly, an :class:`Affine` otherwise, keeping ITK's centre. A
+    displacement field becomes :class:`DisplacementField`, a cubic ``BSplineTransform`` a
+    ``BSpline`` and a composite a :class:`Composite` (same order).
 
     Raises
     ------
-    ValueError
-        For a dimension other than 2 or 3 or an unsupported kind.
+    InputError
+        For a dimension other than 2 or 3, an empty composite, a B-spline of another order or
+        a non-linear kind miregister cannot represent (the message names the ITK type).
     """
     d = tx.GetDimension()
-    if d not in (2, 3):
-        raise ValueError(f"only 2D and 3D transforms are supported, got a {d}D {tx.GetName()}")
     name = tx.GetName()
-    if name == "CompositeTransform":
+    if d not in (2, 3):
+        raise InputError(f"only 2D and 3D transforms are supported, got a {d}D {name}")
+    if name == "CompositeTransform" and not _wrapped_linear(tx):
         composite = sitk.CompositeTransform(tx)
-        members = [from_sitk(composite.GetNthTransform(i), dtype) for i in range(composite.GetNumberOfTransforms())]
+        members = [from_sitk(_nth_transform(composite, i), dtype) for i in range(composite.GetNumberOfTransforms())]
         if not members:
-            raise ValueError("the composite transform is empty")
+            raise InputError("the composite transform is empty")
         return Composite(members)
     if name == "DisplacementFieldTransform":
         image = sitk.DisplacementFieldTransform(tx).GetDisplacementField()
@@ -231,9 +272,11 @@ def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> Spatial
     if name == "BSplineTransform":
         from .bspline import BSpline  # imported here: the B-spline module is optional for linear IO
 
+        order = sitk.BSplineTransform(tx).GetOrder()
+        if order != 3:
+            raise InputError(f"a BSplineTransform of order {order}: miregister reads cubic (order 3) B-splines only")
         return BSpline.from_sitk(tx, dtype=dtype)
     if tx.IsLinear():
-        # Read the mapping itself (origin and unit vectors) so every ITK linear kind is handled.
         origin = np.asarray(tx.TransformPoint((0.0,) * d))
         columns = [np.asarray(tx.TransformPoint(tuple(np.eye(d)[k]))) - origin for k in range(d)]
         m = np.eye(d + 1)
@@ -241,16 +284,43 @@ def from_sitk(tx: sitk.Transform, dtype: torch.dtype = torch.float32) -> Spatial
         m[:d, d] = origin
         fixed = tx.GetFixedParameters()
         center = np.asarray(fixed[:d]) if len(fixed) >= d else None
-        return _linear_class(name).from_matrix(m, center=center, dtype=dtype)
-    raise ValueError(f"unsupported ITK transform kind {name!r} (supported: linear, displacement field, composite)")
+        # ITK's "Transform" wrapper hides the real type (ScaleLogarithmic, QuaternionRigid, ...): use the mapping
+        return _linear_from_matrix(m, center, name if name != "Transform" else "Affine", dtype)
+    raise InputError(
+        f"the ITK transform type {name} is not supported (miregister reads linear transforms, "
+        "displacement fields, cubic B-splines and composites of them)"
+    )
+
+
+def as_transform(value: "SpatialTransform | sitk.Transform | str | os.PathLike", ndim: int | None = None) -> SpatialTransform:
+    """A miregister transform from a transform, a ``SimpleITK.Transform`` or a transform file path.
+
+    Parameters
+    ----------
+    value : SpatialTransform, SimpleITK.Transform, str or PathLike
+        Returned as is, converted with :func:`from_sitk`, or read with :func:`read_transform`.
+    ndim : int, optional
+        Expected dimension (a transform of another is an :class:`InputError`).
+    """
+    if isinstance(value, SpatialTransform):
+        transform = value
+    elif isinstance(value, sitk.Transform):
+        transform = from_sitk(value, dtype=torch.float64)
+    elif isinstance(value, (str, os.PathLike)):
+        return read_transform(value, ndim=ndim, dtype=torch.float64)
+    else:
+        raise InputError(f"expected a transform, a SimpleITK transform or a transform file path, got {type(value).__name__}")
+    if ndim is not None and transform.ndim != ndim:
+        raise InputError(f"the transform is {transform.ndim}D, expected {ndim}D")
+    return transform
 
 
 def _field_from_image(image: sitk.Image, dtype: torch.dtype) -> DisplacementField:
     d = image.GetDimension()
     if d not in (2, 3):
-        raise ValueError(f"only 2D and 3D displacement fields are supported, got a {d}D image")
+        raise InputError(f"only 2D and 3D displacement fields are supported, got a {d}D image")
     if image.GetNumberOfComponentsPerPixel() != d:
-        raise ValueError(
+        raise InputError(
             f"not a displacement field: a {d}D image needs {d} components per pixel, "
             f"got {image.GetNumberOfComponentsPerPixel()}"
         )
@@ -282,8 +352,10 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
     ------
     FileNotFoundError
         If ``path`` does not exist.
-    ValueError
-        Unreadable or unsupported file, or a dimension other than ``ndim`` (or than 2/3).
+    InputError
+        (a ValueError) Unreadable or unsupported file -- the message names the file and, for
+        an ITK type miregister cannot represent, the type -- or a dimension other than ``ndim``
+        (or than 2/3).
     """
     path = Path(path)
     if not path.is_file():
@@ -293,9 +365,180 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
         if ext in _IMAGE_EXTENSIONS:
             transform: SpatialTransform = _field_from_image(sitk.ReadImage(str(path)), dtype)
         else:
-            transform = from_sitk(sitk.ReadTransform(str(path)), dtype)
+            transform = from_sitk(_read_itk_transform(path), dtype)
+    except InputError as error:
+        raise InputError(f"{path} is not a transform file miregister can read: {error}") from error
     except RuntimeError as error:  # SimpleITK reports unreadable files as RuntimeError
-        raise ValueError(f"cannot read a transform from {str(path)!r}: {str(error).strip().splitlines()[-1] if str(error).strip() else error}") from error
+        raise InputError(f"{path} is not a transform file miregister can read: {_itk_reason(str(error), ext)}") from None
     if ndim is not None and transform.ndim != ndim:
-        raise ValueError(f"{str(path)!r} holds a {transform.ndim}D transform, expected {ndim}D")
+        raise InputError(f"{path} holds a {transform.ndim}D transform, expected {ndim}D")
     return transform
+
+
+def _wrapped_linear(tx: sitk.Transform) -> bool:
+    """SimpleITK shows an ITK type it has no class for (Rigid2D, CenteredRigid2D, ...) as a
+    one-member composite whose member is that composite again: read such a one by its mapping."""
+    if not tx.IsLinear():
+        return False
+    composite = sitk.CompositeTransform(tx)
+    return composite.GetNumberOfTransforms() == 1 and _nth_transform(composite, 0).GetName() == "CompositeTransform"
+
+
+# SimpleITK's Python layer "downcasts" what it reads to the matching class and fails (KeyError)
+# for types its table lacks (ComposeScaleSkewVersor3DTransform in SimpleITK 2.x); the generic
+# Transform it holds works, so fall back to the undowncast call.
+def _read_itk_transform(path: Path) -> sitk.Transform:
+    try:
+        return sitk.ReadTransform(str(path))
+    except (KeyError, TypeError):
+        return sitk.Transform(sitk._SimpleITK.ReadTransform(str(path)))
+
+
+def _nth_transform(composite: sitk.CompositeTransform, index: int) -> sitk.Transform:
+    try:
+        return composite.GetNthTransform(index)
+    except (KeyError, TypeError):
+        return sitk.Transform(sitk._SimpleITK.CompositeTransform_GetNthTransform(composite, index))
+
+
+def _itk_reason(message: str, ext: str) -> str:
+    """ITK's error as a short sentence (its messages carry source paths and type registries)."""
+    import re
+
+    created = re.search(r'Could not create an instance of "([^"]+)"', message)
+    if created:
+        return f"ITK has no transform type {created.group(1)}"
+    if "Tags must be delimited" in message or "Could not create Transform IO" in message or "Unable to open" in message:
+        return f"not an ITK transform file ({ext})"
+    if "fixed parameters" in message.lower():
+        return "its FixedParameters have too few values for its transform type"
+    if "is not of type" in message:
+        return "it holds an ITK transform type that SimpleITK cannot convert"
+    if "ImageIO" in message or "Unable to determine" in message:
+        return "not an image file SimpleITK can read"
+    lines = [line for line in message.strip().splitlines() if "ERROR" in line]
+    last = (lines[-1] if lines else message.strip().splitlines()[-1] if message.strip() else "unreadable")
+    return re.sub(r"^.*?ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", last).strip() or "unreadable"
+
+
+# ---------------------------------------------------------------------- transform lists (antsApplyTransforms)
+def parse_transform_spec(text: str) -> tuple[str, bool]:
+    """Split an antsApplyTransforms ``-t`` argument into ``(path, invert)``.
+
+    ``"file"`` -> ``(file, False)``; ``"[file,1]"`` -> ``(file, True)``; ``"[file,0]"`` ->
+    ``(file, False)`` (spaces around the comma allowed).
+
+    Raises
+    ------
+    UsageError
+        For a bracketed argument that is not ``[file,0]`` or ``[file,1]``.
+    """
+    from ..errors import UsageError
+
+    text = text.strip()
+    if not text.startswith("["):
+        return text, False
+    inner = text[1:-1] if text.endswith("]") else None
+    parts = None if inner is None else [part.strip() for part in inner.rsplit(",", 1)]
+    if parts is None or len(parts) != 2 or not parts[0] or parts[1] not in ("0", "1"):
+        raise UsageError(f"transform {text!r}: expected FILE or [FILE,1] (inverted) or [FILE,0], as antsApplyTransforms takes them")
+    return parts[0], parts[1] == "1"
+
+
+def check_invertible(transform: SpatialTransform, path: "str | os.PathLike") -> None:
+    """Refuse (InputError naming ``path``) a transform whose linear part is singular or not
+    finite: it maps the whole reference grid onto a plane, line or point of the moving image,
+    i.e. a constant output, and has no inverse."""
+    from ..errors import InputError
+    from .base import LinearTransform
+
+    for part in (m for m in transform.modules() if isinstance(m, LinearTransform)):
+        matrix = part.affine_matrix().detach().to(torch.float64)
+        finite = bool(torch.isfinite(matrix).all())
+        if not finite or float(torch.linalg.cond(matrix[:, :-1, :-1]).max()) > 1e12:
+            raise InputError(
+                f"transform file {path} holds a {'singular' if finite else 'non-finite'} matrix "
+                f"{matrix[0, :-1, :-1].tolist()}: it would map the whole reference grid onto "
+                "a plane, line or point of the image (a constant output); check the file"
+            )
+
+
+def compose_ants_list(
+    paths: "list[str | os.PathLike]",
+    invert: "list[bool] | None" = None,
+    ndim: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SpatialTransform:
+    """The transform an antsApplyTransforms ``-t`` list stands for (reference -> image points, mm).
+
+    Parameters
+    ----------
+    paths : list of path
+        Transform files in the order given to antsApplyTransforms (``-t paths[0] -t paths[1]
+        ...``), e.g. ``ants.registration``'s ``fwdtransforms`` ``[1Warp.nii.gz,
+        0GenericAffine.mat]`` or ``invtransforms``.
+    invert : list of bool, optional
+        Per file, use its inverse (``[file,1]``, ``whichtoinvert``); linear files invert
+        exactly, displacement fields numerically (:meth:`DisplacementField.inverse`).
+    ndim : int, optional
+        Expected dimension of every file.
+    dtype : torch.dtype
+        Dtype of the transforms read.
+
+    Returns
+    -------
+    SpatialTransform
+        ``T(x) = t_n(...t_1(t_0(x)))``: the first listed acts first on reference points, the
+        last carries them into the image's space. As a :class:`Composite` (ITK order) that is
+        the list reversed. antsApplyTransforms' "the last transform is applied first" speaks of
+        the image being moved, which is the same thing.
+    """
+    invert = [False] * len(paths) if invert is None else list(invert)
+    if len(invert) != len(paths):
+        raise ValueError(f"{len(paths)} transforms but {len(invert)} invert flags")
+    if not paths:
+        raise ValueError("no transform given")
+    transforms = []
+    for path, flag in zip(paths, invert):
+        transform = read_transform(path, ndim=ndim, dtype=dtype)
+        check_invertible(transform, path)
+        transforms.append(transform.inverse() if flag else transform)
+    return transforms[0] if len(transforms) == 1 else Composite(transforms[::-1])
+
+
+# ---------------------------------------------------------------------- a run's inverse files
+def inverse_writers(
+    transform: SpatialTransform,
+    fixed_grid: Grid,
+    moving_grid: Grid,
+    linear_format: str = "tfm",
+) -> list[tuple[str, Callable[[Path], Path]]]:
+    """The files of a registration's inverse (moving -> fixed), as ``(name, write(path))`` pairs.
+
+    Linear: ``inverse.<linear_format>`` (``tfm`` or ``mat``), exact. Deformable:
+    ``inverse.h5`` (the ITK composite ``[field^-1 on the fixed grid, linear^-1]``) and
+    ``inverse_displacement.nii.gz`` (float32, on the moving grid: ``T^-1(y) - y`` in mm for
+    every moving voxel ``y``), the field inverted numerically (:meth:`DisplacementField.inverse`)
+    once, here. Resampling a fixed-space image (e.g. atlas labels) through them carries it onto
+    the moving image's grid.
+    """
+    inverse = transform.inverse()
+    if transform.is_linear:
+        return [(f"inverse.{linear_format}", lambda path: write_transform(inverse, path))]
+    return [
+        ("inverse.h5", lambda path: write_transform(inverse, path, reference=fixed_grid)),
+        ("inverse_displacement.nii.gz", lambda path: write_transform(inverse, path, reference=moving_grid)),
+    ]
+
+
+def write_inverse(
+    transform: SpatialTransform,
+    folder: str | os.PathLike,
+    fixed_grid: Grid,
+    moving_grid: Grid,
+    linear_format: str = "tfm",
+) -> list[Path]:
+    """Write the inverse (moving -> fixed) of a registration's transform into ``folder``
+    (the files of :func:`inverse_writers`) and return their paths."""
+    folder = Path(folder)
+    return [write(folder / name) for name, write in inverse_writers(transform, fixed_grid, moving_grid, linear_format)]
