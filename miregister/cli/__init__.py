@@ -7,6 +7,10 @@ nothing is written); 2 a malformed command line (argparse's convention).
 """
 from __future__ import annotations
 
+from ..threads import set_openmp_defaults
+
+set_openmp_defaults()  # first, before torch loads OpenMP: idle threads then sleep instead of spinning
+
 import argparse
 import sys
 from typing import Sequence

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..mi.kernels import axis_kernels
+from ..threads import resolve_threads
 
 __all__ = ["StageOptions", "RegistrationOptions", "LINEAR_STAGES", "DEFORMABLE_STAGES", "parse_stages"]
 
@@ -176,6 +177,10 @@ class RegistrationOptions:
         Voxels subsampled (seeded) for the KNN validation estimate.
     verbose : bool
         Show a progress bar per stage.
+    threads : int or None
+        CPU threads of torch's kernels during the registration (``torch.set_num_threads``,
+        restored afterwards). ``None`` (default): the CPUs this process may use
+        (``os.sched_getaffinity``); the count used is recorded here and in the report.
     stages : dict
         Per-stage :class:`StageOptions` overrides, keyed by stage name.
     """
@@ -191,6 +196,7 @@ class RegistrationOptions:
     validate: bool = True
     knn_samples: int = 20_000
     verbose: bool = False
+    threads: int | None = None
     stages: dict[str, StageOptions] = field(default_factory=dict)
 
     def validate_options(self) -> None:
@@ -208,6 +214,7 @@ class RegistrationOptions:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.knn_samples < 100:
             raise ValueError(f"knn_samples must be >= 100, got {self.knn_samples}")
+        self.threads = resolve_threads(self.threads)
 
     def stage(self, kind: str) -> StageOptions:
         """The options of stage ``kind``: its defaults updated by the user's overrides."""

@@ -13,6 +13,7 @@ from ..image import Image
 from ..io import as_image, check_image
 from ..mi.bins import SOFT_AUTO_FACTOR, auto_bins
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
+from ..threads import with_threads
 from ..warp import resample
 from .foreground import foreground_mask
 from .initialization import initial_centers
@@ -28,6 +29,7 @@ __all__ = ["register"]
 _LINEAR_CLASSES = {"translation": Translation, "rigid": Rigid, "similarity": Similarity, "affine": Affine}
 
 
+@with_threads  # the ``threads`` option: torch's CPU threads for this call only
 def register(
     fixed: Any,
     moving: Any,
@@ -61,7 +63,7 @@ def register(
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
-        ``dtype``, ``validate``, ``knn_samples``, ``verbose``) and per-stage options
+        ``dtype``, ``validate``, ``knn_samples``, ``verbose``, ``threads``) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
         in mm, ``regularization``, ``interpolation``), either one value for all stages or a
