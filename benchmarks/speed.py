@@ -17,7 +17,9 @@ data/mni152_t2like_moved_2mm.nii.gz moving; 2 mm, 98 x 116 x 94):
     writes the warped image; its registration timed the same way);
 (d) two runs started together on the same CPUs against one alone, for both tools: wall time of
     each and the CPU seconds (user + sys) of both together (threads that spin while waiting
-    show up as extra CPU seconds);
+    show up as extra CPU seconds); miregister also with torch's default OpenMP waiting
+    (``GOMP_SPINCOUNT=300000``) instead of the command line's ``OMP_WAIT_POLICY=PASSIVE``, to
+    show what passive waiting costs alone and saves together;
 and the import time of ``import miregister`` and ``miregister --help``.
 
 Thread counts are each tool's default (miregister: the CPUs this process may use; SimpleITK
@@ -93,6 +95,10 @@ elapsed = time.perf_counter() - start
 ants.image_write(reg["warpedmovout"], os.path.join(out, "warped.nii.gz"))
 print(json.dumps({"registration_s": elapsed}))
 """
+
+
+#: Row name of the miregister run with OpenMP threads that spin between parallel regions.
+SPINNING = "miregister affine --no-qc, GOMP_SPINCOUNT=300000 (torch's default waiting)"
 
 
 # ------------------------------------------------------------------------------ running
@@ -237,8 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: tools.miregister("rigid+affine+bspline", qc=True), repeats, env
             )
             runs["ANTsPy SyN script"] = measure_alone(tools.ants, repeats, env)
+        # torch's own OpenMP waiting (libgomp spins 300 000 polls before sleeping; the command
+        # line asks for passive waiting unless the user set one of these), to weigh that choice.
+        spinning = {**env, "GOMP_SPINCOUNT": "300000"}
+        runs[SPINNING] = measure_alone(lambda: tools.miregister("affine", qc=False), repeats, spinning)
         pairs = {
             "miregister affine --no-qc": measure_pair(lambda: tools.miregister("affine", qc=False), repeats, env),
+            SPINNING: measure_pair(lambda: tools.miregister("affine", qc=False), repeats, spinning),
             "SimpleITK affine script": measure_pair(tools.simpleitk, repeats, env),
         }
         imports = import_times(max(repeats, 3), env)
@@ -263,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peers. The SimpleITK script is the lean set-up of DESIGN.md's anchors; the ANTsPy script runs `SyN` "
         "(rigid + affine + SyN) with its defaults.",
         end_to_end,
-        "Two runs started together on the same CPUs (the SimpleITK row and the miregister --no-qc row):",
+        "Two runs started together on the same CPUs; spinning threads show as extra CPU seconds. The "
+        "GOMP_SPINCOUNT row is miregister with torch's default OpenMP waiting (spin, then sleep), which the command "
+        "line replaces by OMP_WAIT_POLICY=PASSIVE unless the user sets either variable:",
         concurrent,
         "Start-up:",
         startup,
