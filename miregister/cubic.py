@@ -103,18 +103,62 @@ def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor
     Taps beyond the image are mirrored back into it (as ``scipy.ndimage`` ``mode="mirror"``).
     Tap order is row-major over ``(z, y, x)`` taps, i.e. the last tap axis is x (index axis 0).
     """
-    d = index.shape[-1]
     position = index.transpose(1, 2)  # (B, D, P)
     base = torch.floor(position)
     w, dw = _weights(position - base)
-    offsets = torch.arange(-1, 3, device=index.device)[:, None]
+    return _tap_indices(base, shape), w, dw
+
+
+def _tap_indices(base: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Flat tap indices ``(B, 4^D, P)`` of the points whose ``floor`` indices are ``base`` ``(B, D, P)``.
+
+    A point whose taps all lie inside the image (``floor`` index in ``[1, size - 3]`` on every
+    axis: all but ~0.1-1 % of a registration's samples) needs no mirroring: its taps are its base
+    voxel's flat index plus a fixed offset per tap, one addition of ``(B, 4^D, P)``. The other
+    points get the per-axis mirrored taps (:func:`_mirrored_tap_indices`). Same indices either way.
+    """
+    d = base.shape[1]
+    sizes = torch.tensor([shape[d - 1 - axis] for axis in range(d)], dtype=base.dtype, device=base.device)
+    inside = ((base >= 1) & (base <= (sizes - 3)[:, None])).all(dim=1)  # (B, P); NaN is not inside
+    index = base.long()
+    flat = index[:, 0]  # x has stride 1
+    for axis in range(1, d):
+        flat = flat + index[:, axis] * math.prod(shape[d - axis:])
+    lin = flat[:, None] + _tap_offsets(tuple(shape), base.device)[None, :, None]
+    if not bool(inside.all()):
+        b, p = (~inside).nonzero(as_tuple=True)
+        lin[b, :, p] = _mirrored_tap_indices(base[b, :, p].T[None], shape)[0].T
+    return lin
+
+
+def _mirrored_tap_indices(base: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """:func:`_tap_indices` for any points: taps beyond the image mirrored per axis."""
+    d = base.shape[1]
+    offsets = torch.arange(-1, 3, device=base.device)[:, None]
     lin = None
     for axis in range(d - 1, -1, -1):  # z (the slowest tap axis) first
         size = shape[d - 1 - axis]
         stride = math.prod(shape[d - axis:])
         taps = fold_indices(base[:, axis, None].long() + offsets, size, "mirror") * stride  # (B, 4, P)
         lin = taps if lin is None else (lin[:, :, None] + taps[:, None]).flatten(1, 2)
-    return lin, w, dw
+    return lin
+
+
+_TAP_OFFSETS: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+
+
+def _tap_offsets(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """Flat offsets ``(4^D,)`` of the taps from their base voxel, in :func:`_taps`' order."""
+    key = (shape, device)
+    if key not in _TAP_OFFSETS:
+        d = len(shape)
+        lin = torch.zeros(1, dtype=torch.int64)
+        for axis in range(d - 1, -1, -1):  # z (the slowest tap axis) first
+            step = torch.arange(-1, 3, dtype=torch.int64) * math.prod(shape[d - axis:])
+            lin = (lin[:, None] + step[None, :]).flatten()
+        _TAP_OFFSETS.clear()  # one image at a time is the common case; keep the cache tiny
+        _TAP_OFFSETS[key] = lin.to(device)
+    return _TAP_OFFSETS[key]
 
 
 def _dot(taps: Tensor, factor: Tensor) -> Tensor:

@@ -9,6 +9,10 @@ value out of range (argparse's convention, checked before any image is read); 13
 """
 from __future__ import annotations
 
+from ..threads import set_openmp_defaults
+
+set_openmp_defaults()  # first, before torch loads OpenMP: idle threads then sleep instead of spinning
+
 import argparse
 import contextlib
 import signal

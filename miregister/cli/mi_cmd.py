@@ -16,8 +16,6 @@ from .common import EXIT_OK, add_command, int_at_least
 
 def add_parser(commands) -> None:
     """Declare the ``mi`` sub-command and its options."""
-    from ..registration.validation import REPORT_BINS
-
     mi_cmd = add_command(commands, "mi", "print MI between two images by soft bins, KDE and KNN, and NMI")
     mi_cmd.add_argument("image1", help="first image, the fixed one (its grid is used)")
     mi_cmd.add_argument("image2", help="second image (resampled onto the first grid if needed, identity transform)")
@@ -26,8 +24,8 @@ def add_parser(commands) -> None:
                         help="without --mask: the first image's foreground (Otsu threshold + 10 mm, the region "
                              "register samples and reports) or all voxels; always intersected with the overlap "
                              "(default foreground)")
-    mi_cmd.add_argument("--bins", type=int_at_least(4), default=REPORT_BINS,
-                        help=f"bins for the soft-bins MI and NMI (default {REPORT_BINS}, as register's report)")
+    mi_cmd.add_argument("--bins", type=int_at_least(4), default=None,
+                        help="bins for the soft-bins MI and NMI (default: the bins of register's report, 64)")
     mi_cmd.add_argument("--knn-samples", type=int_at_least(100), default=20000, help="voxels subsampled for KDE and KNN (default 20000)")
     mi_cmd.add_argument("--seed", type=_seed, default=0, help="seed of the subsample (default 0, as register's)")
     mi_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -46,7 +44,7 @@ def _seed(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import as_image, check_image
-    from ..registration.validation import compare, measurement_region, on_fixed_grid
+    from ..registration.validation import REPORT_BINS, compare, measurement_region, on_fixed_grid
 
     a, b = as_image(args.image1), as_image(args.image2)
     if a.ndim != b.ndim:
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"the mask {args.mask} is empty")
     region, description = measurement_region(a, mask, args.region)
     values_b, inside = on_fixed_grid(b, a)
-    stats = compare(a, values_b, inside, region, description, args.bins, args.knn_samples, args.seed)
+    stats = compare(a, values_b, inside, region, description, args.bins or REPORT_BINS, args.knn_samples, args.seed)
     if stats is None:
         raise InputError(
             f"{args.image2} covers only {int((region.to(inside.device) & inside).sum())} voxels of {args.image1}'s "

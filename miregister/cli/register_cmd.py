@@ -39,6 +39,17 @@ def _config_arg(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _threads_arg(text: str) -> int:
+    """``--threads``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_parser(commands) -> None:
     """Declare the ``register`` sub-command and its options."""
     reg = add_command(commands, "register", "register MOVING onto FIXED and write transform, warped image, report and QC picture")
@@ -81,6 +92,8 @@ def add_parser(commands) -> None:
                      help="linear: tfm (default) or mat; deformable: h5 (default), with the displacement field also as NIfTI")
     reg.add_argument("--jacobian", action="store_true",
                      help="also write jacobian.nii.gz: the Jacobian determinant of the fixed->moving mapping on the fixed grid")
+    reg.add_argument("--threads", type=_threads_arg, metavar="N",
+                     help="CPU threads (default: the CPUs this process may use, e.g. as limited by taskset)")
     reg.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
     reg.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
     reg.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
@@ -99,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
         "shrink_factors": args.shrink_factors, "smoothing_sigmas": args.smoothing_sigmas,
         "iterations": args.iterations, "samples": args.samples, "control_spacing": args.control_spacing,
-        "regularization": args.regularization, "interpolation": args.interpolation,
+        "regularization": args.regularization, "interpolation": args.interpolation, "threads": args.threads,
     }
     # One value given for a per-level option holds for every level (as in register()).
     options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}

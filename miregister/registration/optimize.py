@@ -188,6 +188,15 @@ class LevelProblem:
         return -value.sum() + self.penalty_weight * penalty
 
 
+class _LBFGS(torch.optim.LBFGS):
+    """torch's L-BFGS without the ``torch._dynamo`` import that its base class's
+    ``add_param_group``/``zero_grad`` wrappers trigger on first use (~1 s of CPU, paid by the
+    first registration of every process). The methods are torch's own, unwrapped: same steps."""
+
+    add_param_group = torch.optim.Optimizer.add_param_group.__wrapped__
+    zero_grad = torch.optim.Optimizer.zero_grad.__wrapped__
+
+
 def _trainable(transform: nn.Module) -> list[tuple[nn.Module, str, float]]:
     """(module, parameter name, scale) for every parameter that requires a gradient."""
     found = []
@@ -246,7 +255,7 @@ def optimize_level(
             return loss
 
         if optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(
+            opt = _LBFGS(
                 variables, lr=1.0, max_iter=iterations, max_eval=int(iterations * 1.25) + 1,
                 tolerance_grad=1e-9, tolerance_change=1e-8, history_size=20, line_search_fn="strong_wolfe",
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..mi.kernels import KERNELS
+from ..threads import resolve_threads
 
 __all__ = [
     "StageOptions", "RegistrationOptions", "LINEAR_STAGES", "DEFORMABLE_STAGES", "SEED_MAX", "parse_stages",
@@ -253,6 +254,10 @@ class RegistrationOptions:
         Voxels subsampled (seeded) for the KNN validation estimate.
     verbose : bool
         Show a progress bar per stage.
+    threads : int or None
+        CPU threads of torch's kernels during the registration (``torch.set_num_threads``,
+        restored afterwards). ``None`` (default): the CPUs this process may use
+        (``os.sched_getaffinity``); the count used is recorded here and in the report.
     stages : dict
         Per-stage :class:`StageOptions` overrides, keyed by stage name.
     """
@@ -268,6 +273,7 @@ class RegistrationOptions:
     validate: bool = True
     knn_samples: int = 20_000
     verbose: bool = False
+    threads: int | None = None
     stages: dict[str, StageOptions] = field(default_factory=dict)
 
     def validate_options(self) -> None:
@@ -288,6 +294,7 @@ class RegistrationOptions:
         if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
             raise _usage("seed", self.seed, f"must be a whole number from 0 to {SEED_MAX} (2**32 - 1)")
         _check_scalar("knn_samples", self.knn_samples, _whole(100))
+        self.threads = resolve_threads(self.threads)
 
     def stage(self, kind: str) -> StageOptions:
         """The options of stage ``kind``: its defaults updated by the user's overrides."""

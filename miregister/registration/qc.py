@@ -127,11 +127,10 @@ def _jacobian(result: RegistrationResult) -> np.ndarray | None:
 @torch.no_grad()
 def qc_figure(result: RegistrationResult):
     """The QC figure (a matplotlib Figure): see :func:`save_qc_figure`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API with the Agg canvas: no pyplot (its import and global figure registry).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
 
     fixed = result.fixed.data[0].float().numpy()
     before = warp(result.moving.batch().float(), result.moving.grid, None, result.fixed.grid)[0, 0].numpy()
@@ -139,9 +138,9 @@ def qc_figure(result: RegistrationResult):
     planes = plane_views(result.fixed.grid)
     jacobian = _jacobian(result)
     rows = 2 + (jacobian is not None)
-    fig, axes = plt.subplots(
-        rows, len(planes) + 1, figsize=(3.2 * (len(planes) + 1), 3.3 * rows), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(3.2 * (len(planes) + 1), 3.3 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, len(planes) + 1, squeeze=False)
     for row, (label, moved) in enumerate((("before", before), ("after", after))):
         for col, plane in enumerate(planes):
             ax = axes[row, col]
@@ -190,13 +189,10 @@ def save_qc_figure(result: RegistrationResult, path: str | os.PathLike) -> Path:
     "Before" is the moving image resampled onto the fixed grid with the identity transform
     (the images' own physical placement), "after" with the found transform.
     """
-    import matplotlib.pyplot as plt
-
     fig = qc_figure(result)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=90, pil_kwargs={"compress_level": 1})  # same pixels; zlib level 6 costs 2x the time for 10 % less
     os.replace(tmp, path)
     return path

@@ -17,6 +17,7 @@ from ..image import Image
 from ..io import as_image, check_image
 from ..mi.bins import SOFT_AUTO_FACTOR, auto_bins
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
+from ..threads import with_threads
 from ..warp import resample
 from .initialization import initial_centers
 from .levels import Level, LevelCache, check_level_sizes
@@ -61,6 +62,7 @@ class IterationInfo:
 _LINEAR_CLASSES = {"translation": Translation, "rigid": Rigid, "similarity": Similarity, "affine": Affine}
 
 
+@with_threads  # the ``threads`` option: torch's CPU threads for this call only
 def register(
     fixed: Any,
     moving: Any,
@@ -104,7 +106,7 @@ def register(
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
         ``dtype``, ``validate``, ``knn_samples``, ``verbose``: progress on stderr, off by
-        default) and per-stage options
+        default, ``threads``: CPU threads, default the CPUs this process may use) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
         in mm, ``regularization``, ``interpolation``), either one value for all stages or a
