@@ -22,8 +22,17 @@ from .transforms.io import read_transform, write_transform
 __version__ = "0.1.0"
 
 __all__ = [
-    "Grid", "Image", "register", "RegistrationResult",
+    "Grid", "Image", "register", "RegistrationResult", "register_cohort",
     "MiregisterError", "UsageError", "InputError", "RegistrationError", "OutputError",
     "read_image", "write_image", "read_transform", "write_transform",
     "io", "mi", "transforms", "warp", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # register_cohort loads lazily: the cohort layer imports Dask only when it runs pairs.
+    if name == "register_cohort":
+        from .cohort import register_cohort
+
+        return register_cohort
+    raise AttributeError(f"module 'miregister' has no attribute {name!r}")

@@ -11,12 +11,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import apply_cmd, mi_cmd, register_cmd
+from . import apply_cmd, cohort_cmd, mi_cmd, register_cmd
 from .common import CONVENTIONS, EXIT_INPUT, EXIT_OK, EXIT_USAGE
 
 __all__ = ["main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE"]
 
-_COMMANDS = (register_cmd, apply_cmd, mi_cmd)
+_COMMANDS = (register_cmd, apply_cmd, mi_cmd, cohort_cmd)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -27,49 +27,42 @@ def _kernel_arg(text: str) -> str | tuple[str, str]:
     raise argparse.ArgumentTypeError(f"expected a kernel name or FIXED,MOVING, got {text!r}")
 
 
-def add_parser(commands) -> None:
-    """Declare the ``register`` sub-command and its options."""
-    reg = add_command(commands, "register", "register MOVING onto FIXED and write transform, warped image, report and QC picture")
-    reg.add_argument("fixed", help="fixed image file or DICOM folder (defines the output grid)")
-    reg.add_argument("moving", help="moving image file or DICOM folder")
-    reg.add_argument("-o", "--output", required=True, help="output folder (created; existing files of the same name are replaced)")
-    reg.add_argument("-t", "--transform", default="affine",
+def add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of a registration (transform chain, device, metric, pyramid,
+    optimiser, output format, QC, verbosity): shared by ``register`` and ``cohort``."""
+    parser.add_argument("-t", "--transform", default="affine",
                      help="translation, rigid, similarity, affine, bspline, svf, or a chain such as rigid+affine+bspline (default: affine)")
-    reg.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
-    reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
-    reg.add_argument("--moving-mask", help="mask on the moving grid")
-    reg.add_argument("--bins", type=_bins_arg,
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
+    parser.add_argument("--bins", type=_bins_arg,
                      help="histogram bins of the MI metric: an int >= 4, or auto (per level, from the images' "
                           "correlation, at least 64); default: auto for linear stages, 64 for deformable ones")
-    reg.add_argument("--kernel", type=_kernel_arg, metavar="K[,K]",
+    parser.add_argument("--kernel", type=_kernel_arg, metavar="K[,K]",
                      help="Parzen kernels of the metric histogram at each stage's last level: FIXED,MOVING or one "
                           "name for both; names box, bspline, gaussian (default box,bspline, Mattes' pairing; "
                           "the moving kernel must not be box)")
-    reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
-    reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
-    reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
-    reg.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
-    reg.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
-    reg.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm, or one for all levels (default 2 1 0)")
-    reg.add_argument("--iterations", type=int, nargs="+", metavar="N", help="maximum iterations per level, or one number for all levels")
-    reg.add_argument("--samples", type=int, help="fixed-image samples per level")
-    reg.add_argument("--control-spacing", type=float, metavar="MM", help="B-spline control spacing / SVF grid spacing in mm")
-    reg.add_argument("--regularization", type=float, help="weight of the deformation penalty")
-    reg.add_argument("--interpolation", choices=("linear", "bspline"),
+    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    parser.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
+    parser.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
+    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
+    parser.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
+    parser.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm, or one for all levels (default 2 1 0)")
+    parser.add_argument("--iterations", type=int, nargs="+", metavar="N", help="maximum iterations per level, or one number for all levels")
+    parser.add_argument("--samples", type=int, help="fixed-image samples per level")
+    parser.add_argument("--control-spacing", type=float, metavar="MM", help="B-spline control spacing / SVF grid spacing in mm")
+    parser.add_argument("--regularization", type=float, help="weight of the deformation penalty")
+    parser.add_argument("--interpolation", choices=("linear", "bspline"),
                      help="how the metric samples the moving image: bspline (cubic, default) or linear "
                           "(trilinear: ~20%% faster, about twice the error of deformable stages)")
-    reg.add_argument("--transform-format", choices=("tfm", "mat", "h5"), default=None,
+    parser.add_argument("--transform-format", choices=("tfm", "mat", "h5"), default=None,
                      help="linear: tfm (default) or mat; deformable: h5 (default), with the displacement field also as NIfTI")
-    reg.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
-    reg.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
-    reg.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    reg.set_defaults(run=run)
+    parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
+    parser.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..outputs import write_run
-    from ..registration import register
-
+def registration_options(args: argparse.Namespace) -> dict:
+    """The :func:`miregister.register` keywords given by :func:`add_registration_options`'s
+    per-run options (those left unset keep register's defaults)."""
     options = {
         "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
         "shrink_factors": args.shrink_factors, "smoothing_sigmas": args.smoothing_sigmas,
@@ -77,7 +70,26 @@ def run(args: argparse.Namespace) -> int:
         "regularization": args.regularization, "interpolation": args.interpolation,
     }
     # One value given for a per-level option holds for every level (as in register()).
-    options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
+    return {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
+
+
+def add_parser(commands) -> None:
+    """Declare the ``register`` sub-command and its options."""
+    reg = add_command(commands, "register", "register MOVING onto FIXED and write transform, warped image, report and QC picture")
+    reg.add_argument("fixed", help="fixed image file or DICOM folder (defines the output grid)")
+    reg.add_argument("moving", help="moving image file or DICOM folder")
+    reg.add_argument("-o", "--output", required=True, help="output folder (created; existing files of the same name are replaced)")
+    reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
+    reg.add_argument("--moving-mask", help="mask on the moving grid")
+    add_registration_options(reg)
+    reg.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..outputs import write_run
+    from ..registration import register
+
+    options = registration_options(args)
     out = Path(args.output)
     _check_register_output(out, args.transform, args.transform_format)  # before minutes of work, not after
     result = register(
