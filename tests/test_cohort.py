@@ -7,6 +7,7 @@ one 3D pair shrunk to 8 mm, and few iterations on one pyramid level.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -292,8 +293,8 @@ def test_resume_after_killing_the_runner(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-c", "import sys; from miregister.cli import main; sys.exit(main(sys.argv[1:]))",
                "cohort", str(manifest), "-o", str(out), "--template", str(T1_SLICE), "--workers", "1",
-               "--threads-per-worker", "1", "--iterations", "30", "--shrink-factors", "2", "1",
-               "--smoothing-sigmas", "1", "0", "--samples", "4000", "--no-qc", "-q"]
+               "--threads-per-worker", "1", "--iterations", "10", "--shrink-factors", "1",
+               "--smoothing-sigmas", "0", "--samples", "4000", "--no-qc", "-q"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     runner = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -323,3 +324,30 @@ def test_resume_after_killing_the_runner(tmp_path):
     assert all((out / name / "cohort.json").is_file() for name in names)
     assert all((out / name / "report.json").stat().st_mtime_ns == mtime for name, mtime in kept.items())
     assert not math.isnan(float(rows[names[-1]]["mi_after_soft_bins"]))
+
+
+def test_cli_passes_its_options_to_register_cohort(tmp_path, monkeypatch):
+    import miregister.cohort as cohort_package
+    from miregister.cohort.runner import CohortResult
+
+    seen = {}
+
+    def fake(manifest, out, **kwargs):
+        seen.update(kwargs, manifest=manifest, out=out)
+        return CohortResult([{"id": "s", "status": "ok"}], Path(out) / "summary.csv", Path(out) / "summary.html")
+
+    monkeypatch.setattr(cohort_package, "register_cohort", fake)
+    argv = ["cohort", "m.csv", "-o", str(tmp_path / "o"), "--template", "t.nii.gz", "-t", "rigid", "--workers", "3",
+            "--threads-per-worker", "2", "--scheduler", "tcp://host:8786", "--retries", "2", "--iterations", "7",
+            "--shrink-factors", "2", "1", "--smoothing-sigmas", "1", "0", "--seed", "4", "--no-qc", "-q"]
+    assert main(argv) == 0
+    assert seen["transform"] == "rigid" and seen["template"] == "t.nii.gz" and seen["manifest"] == "m.csv"
+    assert (seen["workers"], seen["threads_per_worker"], seen["scheduler"], seen["retries"]) == (3, 2, "tcp://host:8786", 2)
+    assert seen["iterations"] == 7 and seen["shrink_factors"] == [2, 1] and seen["smoothing_sigmas"] == [1.0, 0.0]
+    assert seen["seed"] == 4 and seen["qc"] is False and seen["verbose"] is False and seen["device"] == "auto"
+    if importlib.util.find_spec("miregister.config") is not None:
+        config = tmp_path / "params.json"
+        config.write_text(json.dumps({"transform": "rigid+affine", "iterations": 9, "bins": 32}))
+        assert main(["cohort", "m.csv", "-o", str(tmp_path / "o"), "--config", str(config), "--iterations", "5", "-q"]) == 0
+        # The file fills what the command line leaves unset; flags win.
+        assert seen["transform"] == "rigid+affine" and seen["bins"] == 32 and seen["iterations"] == 5
