@@ -237,7 +237,7 @@ def test_summary_html_lists_pairs_by_outlier_score_with_thumbnails(cohort):
 def local_client():
     from distributed import Client
 
-    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
     yield client
     client.close()
 
@@ -351,3 +351,28 @@ def test_cli_passes_its_options_to_register_cohort(tmp_path, monkeypatch):
         assert main(["cohort", "m.csv", "-o", str(tmp_path / "o"), "--config", str(config), "--iterations", "5", "-q"]) == 0
         # The file fills what the command line leaves unset; flags win.
         assert seen["transform"] == "rigid+affine" and seen["bins"] == 32 and seen["iterations"] == 5
+
+
+def test_retries_rerun_a_pair_whose_task_died(tmp_path, local_client, monkeypatch):
+    """A task dying of something other than its data (here an OSError on the first try) is run
+    again with retries=1, and is a failed row with its message with retries=0."""
+    from miregister.cohort import runner
+
+    real = runner.run_pair
+    tries = tmp_path / "tries"
+
+    def flaky(pair, folder, *args):
+        with open(tries, "a") as handle:
+            handle.write(pair.id + "\n")
+        if tries.read_text().splitlines().count(pair.id) == 1:
+            raise OSError("the file server went away")
+        return real(pair, folder, *args)
+
+    monkeypatch.setattr(runner, "run_pair", flaky)
+    _shifted(T2_SLICE, (2.0, 1.0), tmp_path / "m.nii.gz")
+    manifest = _write_manifest(tmp_path / "m.csv", ["id", "moving"], [["s", "m.nii.gz"]])
+    once = register_cohort(manifest, tmp_path / "out0", template=T1_SLICE, client=local_client, qc=False, **FAST)
+    assert once.rows[0]["status"] == "failed" and "the file server went away" in once.rows[0]["error"]
+    tries.unlink()
+    again = register_cohort(manifest, tmp_path / "out1", template=T1_SLICE, client=local_client, retries=1, qc=False, **FAST)
+    assert again.rows[0]["status"] == "ok" and tries.read_text().split() == ["s", "s"]

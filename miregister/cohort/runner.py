@@ -104,7 +104,7 @@ def _cluster_client(
         # One pair at a time per worker process (one Dask thread), each pair on k PyTorch
         # threads; memory_limit=0: Dask's spill/pause rules are for Dask data, not for torch.
         with LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, memory_limit=0, dashboard_address=None,
+            n_workers=n, threads_per_worker=1, processes=True, memory_limit=0, dashboard_address=":0",
         ) as cluster, Client(cluster) as local:
             yield local, k
         return
@@ -387,7 +387,7 @@ def register_cohort(
         raise UsageError(str(error)) from None
     _check_format(transform, transform_format)
     pairs = read_manifest(manifest, template)
-    out = Path(out)
+    out = Path(out).absolute()  # workers may run elsewhere (another folder, another node)
     if out.exists() and not out.is_dir():
         raise UsageError(f"cohort output folder '{out}' exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
