@@ -376,3 +376,26 @@ def test_retries_rerun_a_pair_whose_task_died(tmp_path, local_client, monkeypatc
     tries.unlink()
     again = register_cohort(manifest, tmp_path / "out1", template=T1_SLICE, client=local_client, retries=1, qc=False, **FAST)
     assert again.rows[0]["status"] == "ok" and tries.read_text().split() == ["s", "s"]
+
+
+def test_doubtful_report_gives_a_doubtful_row_listed_after_failed_ones(tmp_path):
+    from miregister.cohort import Pair
+    from miregister.cohort.summary import failed_row, review_order, row_from_report
+
+    def report(before, after, quality=None):
+        out = {"device": "cpu", "validation": {
+            "before": {"soft_bins": before, "kde": before, "knn": before, "nmi": 1.0},
+            "after": {"soft_bins": after, "kde": after, "knn": after, "nmi": 1.1, "overlap_fraction": 0.9}}}
+        if quality is not None:
+            out["quality"] = quality
+        return out
+
+    pair = lambda ident: Pair(ident, "f.nii.gz", f"{ident}.nii.gz")  # noqa: E731
+    rows = [row_from_report(pair(f"ok{i}"), report(0.5, 1.0 + 0.01 * i), {"seconds": 1.0}) for i in range(5)]
+    rows.append(row_from_report(pair("odd"), report(0.5, 0.6), {}))  # MI after far below the cohort's
+    rows.append(row_from_report(pair("flag"), report(0.5, 1.0, {"doubtful": True, "reasons": ["overlap 5 %"]}), {}))
+    rows.append(failed_row(pair("bad"), "no overlap", {}))
+    assert rows[-2]["status"] == "doubtful" and rows[-2]["doubtful"] is True and "overlap 5 %" in rows[-2]["error"]
+    assert rows[0]["status"] == "ok" and rows[0]["doubtful"] is False and rows[0]["overlap"] == 0.9
+    order = [rows[i]["id"] for i in review_order(rows)]
+    assert order[:3] == ["bad", "flag", "odd"]
