@@ -29,6 +29,8 @@ from .summary import failed_row, pending_row, row_from_report, write_summary_csv
 __all__ = ["register_cohort", "CohortResult", "run_pair", "fit_workers", "pair_fingerprint"]
 
 LABELS_WARPED = "labels_warped.nii.gz"
+#: Dask worker resource of SLURM jobs: one pair at a time per job.
+_PAIR_RESOURCE = "miregister_pair"
 
 
 @dataclass
@@ -87,12 +89,13 @@ def fit_workers(workers: int | None, threads_per_worker: int | None, cpus: int |
 @contextlib.contextmanager
 def _cluster_client(
     client: Any, scheduler: str | None, workers: int | None, threads_per_worker: int | None, n_pairs: int
-) -> Iterator[tuple[Any, int]]:
-    """A Dask client to submit to, and the threads each pair's registration uses."""
+) -> Iterator[tuple[Any, int, dict[str, float] | None]]:
+    """A Dask client to submit to, the threads each pair's registration uses, and the Dask
+    resources a pair's task asks for (None: any free worker thread)."""
     if client is not None:
         if scheduler is not None:
             raise UsageError("give either a Dask client or a scheduler, not both")
-        yield client, threads_per_worker or 1
+        yield client, threads_per_worker or 1, None
         return
     from distributed import Client
 
@@ -106,7 +109,7 @@ def _cluster_client(
         with LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, memory_limit=0, dashboard_address=":0",
         ) as cluster, Client(cluster) as local:
-            yield local, k
+            yield local, k, None
         return
     if scheduler == "slurm":
         try:
@@ -119,13 +122,15 @@ def _cluster_client(
         k = threads_per_worker or 1
         # Queue, account, memory and walltime come from Dask's jobqueue configuration
         # (~/.config/dask/jobqueue.yaml, DASK_JOBQUEUE__SLURM__* variables).
+        # A job's worker has k Dask threads (one per core); the "pair" resource lets it run one
+        # pair at a time, on k PyTorch threads.
         try:
-            cluster = SLURMCluster(cores=k, processes=1)
+            cluster = SLURMCluster(cores=k, processes=1, worker_extra_args=["--resources", f"{_PAIR_RESOURCE}=1"])
         except (ValueError, TypeError) as error:
             raise UsageError(f"cannot set up SLURM jobs (dask-jobqueue configuration 'jobqueue.slurm'): {error}") from None
         with cluster, Client(cluster) as slurm:
             cluster.adapt(minimum_jobs=0, maximum_jobs=min(workers or 4, max(1, n_pairs)))
-            yield slurm, k
+            yield slurm, k, {_PAIR_RESOURCE: 1}
         return
     if "://" not in scheduler:
         raise UsageError(f"scheduler must be a Dask scheduler address such as tcp://host:8786, or 'slurm'; got {scheduler!r}")
@@ -134,7 +139,7 @@ def _cluster_client(
     except (OSError, TimeoutError, ValueError) as error:
         raise RegistrationError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
     with remote:
-        yield remote, threads_per_worker or 1
+        yield remote, threads_per_worker or 1, None
 
 
 # ----------------------------------------------------------------------------- one pair
@@ -416,9 +421,9 @@ def register_cohort(
         progress = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="pairs", unit="pair")
     try:
         if todo:
-            with _cluster_client(client, scheduler, workers, threads_per_worker, len(todo)) as (dask_client, threads):
+            with _cluster_client(client, scheduler, workers, threads_per_worker, len(todo)) as (dask_client, threads, resources):
                 _run_all(dask_client, pairs, todo, fingerprints, rows, out, transform, options, transform_format, qc,
-                         threads, retries, csv_path, extra_columns, progress)
+                         threads, retries, resources, csv_path, extra_columns, progress)
     finally:
         if progress is not None:
             progress.close()
@@ -428,7 +433,7 @@ def register_cohort(
 
 
 def _run_all(client, pairs, todo, fingerprints, rows, out, transform, options, transform_format, qc, threads, retries,
-             csv_path, extra_columns, progress) -> None:
+             resources, csv_path, extra_columns, progress) -> None:
     """Submit the pairs to be done and record each row as it finishes."""
     import uuid
 
@@ -440,7 +445,7 @@ def _run_all(client, pairs, todo, fingerprints, rows, out, transform, options, t
         pair = pairs[index]
         future = client.submit(
             run_pair, pair, str(out / pair.id), transform, options, transform_format, qc, threads, fingerprints[index],
-            key=f"miregister-pair-{index}-{token}", retries=retries, pure=False,
+            key=f"miregister-pair-{index}-{token}", retries=retries, pure=False, resources=resources,
         )
         futures.append(future)
         index_of[future.key] = index
