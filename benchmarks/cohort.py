@@ -126,12 +126,12 @@ def _peer_task(method: str, moving: str, true_points: np.ndarray, seed: int, thr
     runner = run_simpleitk if method == "simpleitk" else run_ants
     before_runner = time.perf_counter()
     mapped, elapsed, _ = runner(case, "affine", seed, threads)
-    runner_seconds = time.perf_counter() - before_runner
+    after_runner = time.perf_counter()
     error = _error(mapped[sitk.GetArrayViewFromImage(mask) > 0], true_points)
-    total = time.perf_counter() - start
+    end = time.perf_counter()
     # Everything the runner did besides registering (evaluating its mapping), and the error check.
-    evaluation = (runner_seconds - elapsed) + (total - before_runner - runner_seconds)
-    return total, evaluation, error
+    evaluation = (after_runner - before_runner - elapsed) + (end - after_runner)
+    return end - start, evaluation, error
 
 
 def run_peer(method: str, pairs: list[dict], processes: int, threads: int, seed: int) -> dict[str, Any]:
