@@ -267,9 +267,10 @@ def test_resume_redoes_only_missing_or_changed_pairs(tmp_path, local_client):
     after = _mtimes(out)
     assert {r["id"]: r["resumed"] for r in third.rows} == {"a": False, "b": False, "c": True}
     assert after["c"] == before["c"] and after["b"] != before["b"] and "a" in after
-    # Other options: every pair is redone.
-    fourth = register_cohort(manifest, out, template=T1_SLICE, client=local_client, qc=False, **{**FAST, "seed": 3})
-    assert not any(r["resumed"] for r in fourth.rows)
+    # Other options: every pair is redone (here joining the running cluster by its scheduler's address).
+    fourth = register_cohort(manifest, out, template=T1_SLICE, scheduler=local_client.scheduler.address, qc=False,
+                             **{**FAST, "seed": 3})
+    assert fourth.ok and not any(r["resumed"] for r in fourth.rows)
 
 
 def test_cli_exit_codes(tmp_path, capsys):
