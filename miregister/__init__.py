@@ -35,10 +35,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "mi": (".mi", None),
     "transforms": (".transforms", None),
     "warp": (".warp", None),
+    # the cohort layer imports Dask only when it runs pairs
+    "register_cohort": (".cohort", "register_cohort"),
 }
 
 __all__ = [
-    "Grid", "Image", "register", "RegistrationResult",
+    "Grid", "Image", "register", "RegistrationResult", "register_cohort",
     "MiregisterError", "UsageError", "InputError", "RegistrationError", "OutputError",
     "read_image", "write_image", "read_transform", "write_transform",
     "io", "mi", "transforms", "warp", "__version__",
@@ -66,4 +68,5 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from .image import Image
     from .io import read_image, write_image
     from .registration import RegistrationResult, register
+    from .cohort import register_cohort
     from .transforms.io import read_transform, write_transform

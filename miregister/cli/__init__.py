@@ -21,12 +21,12 @@ import threading
 from typing import Iterator, Sequence
 
 from ..errors import MiregisterError, UsageError
-from . import apply_cmd, mi_cmd, register_cmd
+from . import apply_cmd, cohort_cmd, mi_cmd, register_cmd
 from .common import CONVENTIONS, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 
 __all__ = ["main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
-_COMMANDS = (register_cmd, apply_cmd, mi_cmd)
+_COMMANDS = (register_cmd, apply_cmd, mi_cmd, cohort_cmd)
 
 
 class Terminated(BaseException):

@@ -50,6 +50,67 @@ def _threads_arg(text: str) -> int:
     return value
 
 
+def add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of one registration (transform chain, device, metric, pyramid,
+    optimiser, output format, QC, verbosity, --config): shared by ``register`` and ``cohort``.
+    ``-t`` and ``--device`` stay unset (None) so that a --config file can fill them in."""
+    parser.add_argument("-t", "--transform", default=None,
+                        help="translation, rigid, similarity, affine, bspline, svf, or a chain such as rigid+affine+bspline (default: affine)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
+    parser.add_argument("--bins", type=_bins_arg,
+                        help="histogram bins of the MI metric: an int >= 4, or auto (per level, from the images' "
+                             "correlation, at least 64); default: auto for linear stages, 64 for deformable ones")
+    parser.add_argument("--kernel", type=_kernel_arg, metavar="K[,K]",
+                        help="Parzen kernels of the metric histogram at each stage's last level: FIXED,MOVING or one "
+                             "name for both; names box, bspline, gaussian (default box,bspline, Mattes' pairing; "
+                             "the moving kernel must not be box)")
+    parser.add_argument("--seed", type=int, help="seed of every random choice, 0 to 2**32-1 (default 0)")
+    parser.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
+    parser.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
+    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
+    parser.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
+    parser.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm, or one for all levels (default 2 1 0)")
+    parser.add_argument("--iterations", type=int, nargs="+", metavar="N", help="maximum iterations per level, or one number for all levels")
+    parser.add_argument("--samples", type=int, help="fixed-image samples per level")
+    parser.add_argument("--control-spacing", type=float, metavar="MM", help="B-spline control spacing / SVF grid spacing in mm")
+    parser.add_argument("--regularization", type=float, help="weight of the deformation penalty")
+    parser.add_argument("--interpolation", choices=("linear", "bspline"),
+                        help="how the metric samples the moving image: bspline (cubic, default) or linear "
+                             "(trilinear: ~20%% faster, about twice the error of deformable stages)")
+    parser.add_argument("--transform-format", choices=("tfm", "mat", "h5"), default=None,
+                        help="linear: tfm (default) or mat; deformable: h5 (default), with the displacement field also as NIfTI")
+    parser.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
+    parser.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    parser.add_argument("--config", type=_config_arg, metavar="FILE",
+                        help="JSON or TOML file of register() keywords (transform, masks and any option; see "
+                             "miregister.config), or a report.json to rerun its registration; flags given here override it")
+
+
+def registration_options(args: argparse.Namespace) -> dict:
+    """The :func:`miregister.register` keywords of :func:`add_registration_options`'s options
+    (and ``--threads`` where the command has it), over those of ``--config``; the file's
+    ``transform``, ``device``, ``rotation_search`` and ``validate`` fill in ``args`` where the
+    command line left them unset. Options set nowhere keep register's defaults."""
+    options = {
+        "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
+        "shrink_factors": args.shrink_factors, "smoothing_sigmas": args.smoothing_sigmas,
+        "iterations": args.iterations, "samples": args.samples, "control_spacing": args.control_spacing,
+        "regularization": args.regularization, "interpolation": args.interpolation, "threads": getattr(args, "threads", None),
+    }
+    # One value given for a per-level option holds for every level (as in register()).
+    options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
+    # --config: the file's keywords under the flags given on the command line; -q alone decides verbosity.
+    config = dict(args.config or {})
+    config.pop("verbose", None)
+    for name, default in (("transform", "affine"), ("device", "auto")):
+        from_file = config.pop(name, default)
+        setattr(args, name, getattr(args, name) or from_file)
+    args.rotation_search = bool(config.pop("rotation_search", False)) or args.rotation_search
+    args.no_validate = not config.pop("validate", True) or args.no_validate
+    return {**config, **options}
+
+
 def add_parser(commands) -> None:
     """Declare the ``register`` sub-command and its options."""
     reg = add_command(commands, "register", "register MOVING onto FIXED and write transform, warped image, report and QC picture")
@@ -60,46 +121,16 @@ def add_parser(commands) -> None:
     reg.add_argument("--overwrite", action="store_true",
                      help="replace an earlier run's result in the output folder (the files its report.json lists "
                           "are removed first), or write into a non-empty folder miregister did not write")
-    reg.add_argument("-t", "--transform", default=None,
-                     help="translation, rigid, similarity, affine, bspline, svf, or a chain such as rigid+affine+bspline (default: affine)")
-    reg.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto = CUDA when available)")
     reg.add_argument("--fixed-mask", help="mask on the fixed grid: the metric uses only its non-zero voxels")
     reg.add_argument("--moving-mask", help="mask on the moving grid")
-    reg.add_argument("--bins", type=_bins_arg,
-                     help="histogram bins of the MI metric: an int >= 4, or auto (per level, from the images' "
-                          "correlation, at least 64); default: auto for linear stages, 64 for deformable ones")
-    reg.add_argument("--kernel", type=_kernel_arg, metavar="K[,K]",
-                     help="Parzen kernels of the metric histogram at each stage's last level: FIXED,MOVING or one "
-                          "name for both; names box, bspline, gaussian (default box,bspline, Mattes' pairing; "
-                          "the moving kernel must not be box)")
-    reg.add_argument("--seed", type=int, help="seed of every random choice, 0 to 2**32-1 (default 0)")
-    reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--initial-transform", metavar="FILE",
                      help="start from this linear fixed->moving transform (.tfm/.mat/.h5 from ITK, ANTs or miregister; "
                           "as ANTs -r) instead of --initialization")
-    reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
-    reg.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
-    reg.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
-    reg.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm, or one for all levels (default 2 1 0)")
-    reg.add_argument("--iterations", type=int, nargs="+", metavar="N", help="maximum iterations per level, or one number for all levels")
-    reg.add_argument("--samples", type=int, help="fixed-image samples per level")
-    reg.add_argument("--control-spacing", type=float, metavar="MM", help="B-spline control spacing / SVF grid spacing in mm")
-    reg.add_argument("--regularization", type=float, help="weight of the deformation penalty")
-    reg.add_argument("--interpolation", choices=("linear", "bspline"),
-                     help="how the metric samples the moving image: bspline (cubic, default) or linear "
-                          "(trilinear: ~20%% faster, about twice the error of deformable stages)")
-    reg.add_argument("--transform-format", choices=("tfm", "mat", "h5"), default=None,
-                     help="linear: tfm (default) or mat; deformable: h5 (default), with the displacement field also as NIfTI")
     reg.add_argument("--jacobian", action="store_true",
                      help="also write jacobian.nii.gz: the Jacobian determinant of the fixed->moving mapping on the fixed grid")
     reg.add_argument("--threads", type=_threads_arg, metavar="N",
                      help="CPU threads (default: the CPUs this process may use, e.g. as limited by taskset)")
-    reg.add_argument("--no-qc", action="store_true", help="do not draw the QC picture")
-    reg.add_argument("--no-validate", action="store_true", help="skip the KDE/KNN validation")
-    reg.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    reg.add_argument("--config", type=_config_arg, metavar="FILE",
-                     help="JSON or TOML file of register() keywords (transform, fixed_mask, moving_mask and any option; "
-                          "see miregister.config), or a report.json to rerun its registration; flags given here override it")
+    add_registration_options(reg)
     reg.set_defaults(run=run)
 
 
@@ -108,23 +139,12 @@ def run(args: argparse.Namespace) -> int:
     from ..registration import register
     from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages
 
-    options = {
-        "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
-        "shrink_factors": args.shrink_factors, "smoothing_sigmas": args.smoothing_sigmas,
-        "iterations": args.iterations, "samples": args.samples, "control_spacing": args.control_spacing,
-        "regularization": args.regularization, "interpolation": args.interpolation, "threads": args.threads,
-    }
-    # One value given for a per-level option holds for every level (as in register()).
-    options = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in options.items() if v is not None}
-    # --config: the file's keywords under the flags given on the command line; -q alone decides verbosity.
     config = dict(args.config or {})
-    config.pop("verbose", None)
-    for name, default in (("transform", "affine"), ("device", "auto"), ("fixed_mask", None), ("moving_mask", None)):
-        from_file = config.pop(name, default)
+    for name in ("fixed_mask", "moving_mask"):
+        from_file = config.pop(name, None)
         setattr(args, name, getattr(args, name) or from_file)
-    args.rotation_search = bool(config.pop("rotation_search", False)) or args.rotation_search
-    args.no_validate = not config.pop("validate", True) or args.no_validate
-    options = {**config, **options}
+    args.config = config
+    options = registration_options(args)
     # The command line first (UsageError: exit 2), then the output folder (OutputError: exit 1),
     # both before any image is read and minutes of work are spent.
     stages = parse_stages(args.transform)

@@ -106,7 +106,6 @@ class RegistrationResult:
             "matrix": None if self.matrix is None else self.matrix.tolist(),
             "history": self.history,
             "timings_seconds": self.timings,
-            "threads": opts.threads,
             "validation": self.validation,
         }
 
