@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from miregister import Image
+from miregister import Image, UsageError
 from miregister.registration import RegistrationError, register
 from miregister.transforms import read_transform
 
@@ -180,7 +180,7 @@ def test_no_overlap_is_reported():
 
 def test_unknown_option_and_transform_are_refused():
     fixed, moving = _pair()
-    with pytest.raises(TypeError, match="unknown registration option"):
+    with pytest.raises(UsageError, match="unknown registration option"):
         register(fixed, moving, learning_rat=0.1)
     with pytest.raises(ValueError, match="unknown transform"):
         register(fixed, moving, "rigidd")

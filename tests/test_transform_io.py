@@ -234,7 +234,7 @@ def test_batched_transform_needs_an_index(tmp_path):
 
 
 def test_read_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="file not found"):
         read_transform(tmp_path / "missing.tfm")
     three = write_transform(Affine(3), tmp_path / "three.tfm")
     with pytest.raises(ValueError, match="3D transform, expected 2D"):

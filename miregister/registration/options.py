@@ -324,16 +324,18 @@ def build_options(stages: list[str], **overrides: Any) -> RegistrationOptions:
     UsageError
         (a ValueError) For a value out of range or of the wrong kind, naming the option, the
         value and what is allowed, or a per-stage dict naming a stage that is not in the chain.
-    TypeError
-        For an unknown keyword (naming it), as Python does for a misspelt argument.
+        An unknown keyword is a UsageError too, naming it and the closest known names.
     """
     global_names = {f.name for f in fields(RegistrationOptions)} - {"stages"}
     stage_names = {f.name for f in fields(StageOptions)}
     unknown = set(overrides) - global_names - stage_names
     if unknown:
-        raise TypeError(
-            f"unknown registration option(s) {sorted(unknown)}; known: {sorted(global_names | stage_names)}"
-        )
+        import difflib
+
+        known = sorted(global_names | stage_names)
+        hints = {name: difflib.get_close_matches(name, known, n=1) for name in sorted(unknown)}
+        said = ", ".join(f"{name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for name, hint in hints.items())
+        raise UsageError(f"unknown registration option(s) {said}; known: {known}")
     for name in stage_names & set(overrides):
         if isinstance(overrides[name], dict) and set(overrides[name]) - set(stages):
             extra = sorted(set(overrides[name]) - set(stages))

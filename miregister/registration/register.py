@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, RegistrationError, UsageError
 from ..grid import Grid
 from ..image import Image
 from ..io import as_image, check_image
@@ -222,11 +222,12 @@ def _device(name: str) -> torch.device:
     except RuntimeError:  # not a device string at all
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}")
+        raise UsageError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}")
+    # A valid request this machine cannot serve: the run cannot proceed here (exit 1, not 2).
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+        raise RegistrationError(f"device {name!r} was asked for but CUDA is not available on this machine (use --device cpu or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r} was asked for but there are {torch.cuda.device_count()} CUDA devices")
+        raise RegistrationError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} CUDA devices")
     return device
 
 

@@ -350,16 +350,16 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
     InputError
-        (a ValueError) Unreadable or unsupported file -- the message names the file and, for
+        (a ValueError) ``path`` does not exist ("file not found: PATH"); unreadable or unsupported file -- the message names the file and, for
         an ITK type miregister cannot represent, the type -- or a dimension other than ``ndim``
         (or than 2/3).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no transform file at {str(path)!r}")
+        from ..errors import InputError
+
+        raise InputError(f"file not found: {str(path)!r} (a transform file was expected there)")
     ext = _extension(path)
     try:
         if ext in _IMAGE_EXTENSIONS:
