@@ -357,8 +357,6 @@ def read_transform(path: str | os.PathLike, ndim: int | None = None, dtype: torc
     """
     path = Path(path)
     if not path.is_file():
-        from ..errors import InputError
-
         raise InputError(f"file not found: {str(path)!r} (a transform file was expected there)")
     ext = _extension(path)
     try:
@@ -449,7 +447,6 @@ def check_invertible(transform: SpatialTransform, path: "str | os.PathLike") -> 
     """Refuse (InputError naming ``path``) a transform whose linear part is singular or not
     finite: it maps the whole reference grid onto a plane, line or point of the moving image,
     i.e. a constant output, and has no inverse."""
-    from ..errors import InputError
     from .base import LinearTransform
 
     for part in (m for m in transform.modules() if isinstance(m, LinearTransform)):
