@@ -17,7 +17,8 @@ from ..warp import resample
 from .foreground import foreground_mask
 from .initialization import initial_centers
 from .levels import Level, LevelCache
-from .optimize import DenseDeformation, LevelProblem, optimize_level
+from .optimize import MIN_OVERLAP, DenseDeformation, LevelProblem, optimize_level
+from .quality import DoubtfulRegistrationError, assess
 from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
 from .result import RegistrationResult
 from .sampling import sample_points
@@ -112,6 +113,7 @@ def register(
 
     current = _initial_transform(initial_transform, fixed_img, moving_img, fixed_mask_img, moving_mask_img, opts, dtype, device)
     history: list[dict[str, Any]] = []
+    searches: list[dict[str, Any] | None] = []  # what the automatic start searches did (quality report)
     timings: dict[str, float] = {"preparation": time.perf_counter() - start}
     for index, kind in enumerate(stages):
         stage_start = time.perf_counter()
@@ -120,11 +122,20 @@ def register(
             current = _run_deformable(kind, current, stage, cache, opts, fixed_img, history, index)
         else:
             current = _LINEAR_CLASSES[kind].from_transform(current).to(device=device, dtype=dtype)
-            if opts.rotation_search and kind != "translation" and not any(
-                h["stage"] in ("rigid", "similarity", "affine") for h in history
-            ):
-                _rotation_search(current, cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0]), stage, opts)
-            _run_levels(kind, current, stage, cache, opts, history, index)
+            first_linear = not any(h["stage"] in _LINEAR_CLASSES for h in history)
+            coarsest = cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0])
+            if first_linear and opts.auto_search:
+                searches.append(_translation_search(current, coarsest, stage, opts, moving_img.grid))
+            if opts.rotation_search and kind != "translation" and first_linear:
+                _rotation_search(current, coarsest, stage, opts)
+            if first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1:
+                # The coarsest level alone, then a cheap check of its result against the 23 other
+                # axis-aligned orientations; the finer levels start from the winner.
+                _run_levels(kind, current, stage, cache, opts, history, index, levels=slice(0, 1))
+                searches.append(_orientation_check(current, coarsest, stage, opts, kind, cache, history, index))
+                _run_levels(kind, current, stage, cache, opts, history, index, levels=slice(1, None))
+            else:
+                _run_levels(kind, current, stage, cache, opts, history, index)
         timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
     current = current.eval()
     for parameter in current.parameters():
@@ -140,12 +151,21 @@ def register(
         bins = history[-1]["bins"]
         validation = validate(fixed_dev, moving_dev, warped, current, fixed_mask_img, bins, opts.knn_samples, opts.seed)
         timings["validation"] = time.perf_counter() - validation_start
+    quality_start = time.perf_counter()
+    quality = assess(
+        history=history, validation=validation, searches=[s for s in searches if s],
+        flip_check=_final_flip_check(current, cache, stages, opts) if opts.auto_search else None,
+    )
+    timings["quality"] = time.perf_counter() - quality_start
     timings["total"] = time.perf_counter() - start
-    return RegistrationResult(
+    result = RegistrationResult(
         transform=current, warped=warped.to("cpu"), fixed=fixed_img, moving=moving_img,
         stages=stages, options=opts, history=history, timings=timings, validation=validation,
-        device=str(device),
+        device=str(device), quality=quality,
     )
+    if opts.strict and quality["doubtful"]:
+        raise DoubtfulRegistrationError(result)
+    return result
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -307,12 +327,14 @@ def _run_levels(
     history: list[dict[str, Any]],
     stage_index: int,
     dense_factory=None,
+    levels: slice = slice(None),
 ) -> None:
-    progress = _progress(opts, kind, sum(stage.iterations))
+    """Optimise ``transform`` in place level by level (``levels``: a part of the stage's levels),
+    appending one history entry per level."""
+    schedule = list(enumerate(zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)))[levels]
+    progress = _progress(opts, kind, sum(it for _, (_, _, it) in schedule))
     level_end = 0  # where the progress bar stands when the current level is done
-    for level_index, (factor, sigma, iterations) in enumerate(
-        zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)
-    ):
+    for level_index, (factor, sigma, iterations) in schedule:
         level_start = time.perf_counter()
         level = cache.get(factor, sigma)
         problem, indices = _problem(
@@ -395,6 +417,171 @@ def _rotation_search(transform: SpatialTransform, level: Level, stage: StageOpti
     if best_matrix is not None:
         best = type(transform).from_matrix(best_matrix, center=transform.center, dtype=transform.translation.dtype)
         transform.load_state_dict(best.to(transform.center.device).state_dict())
+
+
+# ------------------------------------------------------------------------------ start searches
+#: A moving image whose extent along one of its axes is below this fraction of the fixed
+#: object's extent along that axis has a partial field of view (a slab): the moments
+#: initialisation then matches the slab's centre of mass to the whole fixed object's, off by up
+#: to half the object, and :func:`_translation_search` looks along that axis.
+PARTIAL_FOV = 0.6
+
+
+def _axis_rotations(ndim: int) -> list[np.ndarray]:
+    """The proper rotations that permute and flip the coordinate axes (23 in 3D, 3 in 2D),
+    identity excluded: the orientations a wrong header or a swapped axis produces."""
+    from itertools import permutations, product
+
+    out = []
+    for perm in permutations(range(ndim)):
+        for signs in product((1.0, -1.0), repeat=ndim):
+            r = np.zeros((ndim, ndim))
+            r[np.arange(ndim), perm] = signs
+            if np.linalg.det(r) > 0 and not np.allclose(r, np.eye(ndim)):
+                out.append(r)
+    return out
+
+
+def _rotated_about(transform: SpatialTransform, rotation: np.ndarray, center: np.ndarray) -> SpatialTransform:
+    """``T(R (x - c) + c)`` as a transform of ``transform``'s class and centre."""
+    d = transform.ndim
+    h = np.eye(d + 1)
+    h[:d, :d] = rotation
+    h[:d, d] = center - rotation @ center
+    m = transform.affine_matrix()[0].detach().cpu().double().numpy() @ h
+    out = type(transform).from_matrix(m, center=transform.center, dtype=transform.translation.dtype)
+    return out.to(transform.center.device)
+
+
+@torch.no_grad()
+def _translation_search(
+    transform: SpatialTransform, level: Level, stage: StageOptions, opts: RegistrationOptions, moving_grid: Grid
+) -> dict[str, Any] | None:
+    """Partial field of view: slide the start along the moving image's short axes, keep the best MI.
+
+    For each moving index axis along which the moving image covers less than
+    :data:`PARTIAL_FOV` of the fixed sampled object (seen through the current transform), the
+    start's translation is moved so that the slab's centre visits the object's extent in steps
+    of a quarter of the slab (at least 2 voxels of the level), and the coarsest level's MI is
+    evaluated at each (no optimisation: tens of evaluations). Returns what it did, or None
+    when the moving image covers the object.
+    """
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 555, last_level=False)
+    moved = transform(problem.points)[0].detach().cpu().double().numpy()
+    direction = moving_grid.direction_matrix()
+    extent = moving_grid.extent()
+    local = (moved - moving_grid.center()) @ direction  # coordinates along the moving axes
+    low, high = np.percentile(local, 2, axis=0), np.percentile(local, 98, axis=0)
+    axes = [a for a in range(transform.ndim) if extent[a] < PARTIAL_FOV * (high[a] - low[a])]
+    if not axes:
+        return None
+    step_floor = 2 * max(level.moving.grid.spacing)
+    offsets = [np.zeros(transform.ndim)]
+    for a in axes:
+        step = max(extent[a] / 4, step_floor)
+        # the slab's centre at s along axis a: the fixed point now at local coordinate s must move to 0
+        for s in np.arange(low[a] + extent[a] / 4, high[a] - extent[a] / 4 + 1e-6, step):
+            offsets.append(-s * direction[:, a])
+    start_value, _ = problem.metric(transform, check_overlap=False)
+    best_value, best_offset = float(start_value[0]), offsets[0]
+    base = transform.translation.detach().clone()
+    for offset in offsets[1:]:
+        transform.translation.copy_(base + torch.as_tensor(offset, dtype=base.dtype, device=base.device))
+        value, overlap = problem.metric(transform, check_overlap=False)
+        if float(overlap) >= MIN_OVERLAP and float(value[0]) > best_value:
+            best_value, best_offset = float(value[0]), offset
+    transform.translation.copy_(base + torch.as_tensor(best_offset, dtype=base.dtype, device=base.device))
+    return {
+        "search": "translation", "axes": axes, "candidates": len(offsets), "mi_start": float(start_value[0]),
+        "mi_best": best_value, "shift_mm": float(np.linalg.norm(best_offset)),
+        "note": f"partial field of view along moving axis {axes}: {len(offsets)} starts along it, best "
+                f"shifted by {np.linalg.norm(best_offset):.1f} mm (coarse MI {float(start_value[0]):.4f} -> {best_value:.4f})",
+    }
+
+
+def _orientation_scores(
+    transform: SpatialTransform, problem: LevelProblem
+) -> tuple[float, list[tuple[float, np.ndarray]]]:
+    """MI of ``transform`` and of its 23 axis re-orientations about the samples' centre, best first."""
+    center = problem.points[0].mean(dim=0).detach().cpu().double().numpy()
+    value, _ = problem.metric(transform, check_overlap=False)
+    scores = []
+    for rotation in _axis_rotations(transform.ndim):
+        candidate_value, overlap = problem.metric(_rotated_about(transform, rotation, center), check_overlap=False)
+        if float(overlap) >= MIN_OVERLAP:
+            scores.append((float(candidate_value[0]), rotation))
+    scores.sort(key=lambda item: -item[0])
+    return float(value[0]), scores
+
+
+def _rotation_angle(rotation: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - (rotation.shape[0] - 2)) / 2, -1.0, 1.0))))
+
+
+@torch.no_grad()
+def _orientation_check(
+    transform: SpatialTransform, level: Level, stage: StageOptions, opts: RegistrationOptions, kind: str,
+    cache: LevelCache, history: list[dict[str, Any]], stage_index: int, retries: int = 2,
+) -> dict[str, Any]:
+    """After the coarsest level: does an axis re-orientation of its result score a higher MI?
+
+    A start more than ~45 degrees off (a header rotated by 90 or 180 degrees, swapped axes)
+    ends the coarsest level in a local optimum. The check evaluates the level's MI at the 23
+    re-orientations of the result (23 evaluations); when one scores higher the rotation search
+    runs automatically: the level is optimised again from the ``retries`` best of them, and
+    the best by the level's MI (fixed bins, same samples) is kept, replacing the level's
+    history entry. Returns what it found and did.
+    """
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 1000 * stage_index, last_level=False)
+    problem.bins = history[-1]["bins"]
+    value, scores = _orientation_scores(transform, problem)
+    better = [(v, r) for v, r in scores if v > value][:retries]
+    info: dict[str, Any] = {"search": "orientation", "mi": value, "best_other": scores[0][0] if scores else None, "ran": False}
+    if not better:
+        return info
+    center = problem.points[0].mean(dim=0).detach().cpu().double().numpy()
+    best_value, best_state, best_entry, best_angle = value, None, None, 0.0
+    for _, rotation in better:
+        candidate = _rotated_about(transform, rotation, center)
+        trial: list[dict[str, Any]] = []
+        with torch.enable_grad():
+            _run_levels(kind, candidate, stage, cache, opts, trial, stage_index, levels=slice(0, 1))
+        reached, _ = problem.metric(candidate, check_overlap=False)
+        if float(reached[0]) > best_value:
+            best_value, best_state, best_entry = float(reached[0]), candidate.state_dict(), trial[-1]
+            best_angle = _rotation_angle(rotation)
+    info.update(ran=True, mi_after=best_value, retries=len(better))
+    reason = (f"an axis re-orientation of the coarsest level's result scored a higher MI "
+              f"({better[0][0]:.4f} > {value:.4f})")
+    if best_state is not None:
+        transform.load_state_dict(best_state)
+        history[-1] = dict(best_entry, restart=f"orientation check: re-oriented by {best_angle:.0f} deg")
+        info["note"] = (f"rotation search run automatically because {reason}; kept the start re-oriented by "
+                        f"{best_angle:.0f} deg (coarse MI {value:.4f} -> {best_value:.4f})")
+    else:
+        info["note"] = f"rotation search run automatically because {reason}; the original result stayed the best"
+    return info
+
+
+@torch.no_grad()
+def _final_flip_check(
+    transform: SpatialTransform, cache: LevelCache, stages: list[str], opts: RegistrationOptions
+) -> dict[str, Any] | None:
+    """The quality signal of a short rotation search: the final linear mapping's MI at the coarsest
+    level of the last linear stage against its 23 axis re-orientations (no optimisation)."""
+    linear = [k for k in stages if k in _LINEAR_CLASSES and k != "translation"]
+    if not linear:
+        return None
+    members = getattr(transform, "transforms", [transform])
+    mapping = next((t for t in reversed(members) if t.is_linear), None)
+    if mapping is None:
+        return None
+    stage = opts.stage(linear[-1])
+    level = cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0])
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 999, last_level=False)
+    value, scores = _orientation_scores(Affine.from_transform(mapping), problem)
+    return {"mi": value, "best_other": scores[0][0] if scores else None,
+            "best_other_rotation_deg": _rotation_angle(scores[0][1]) if scores else None}
 
 
 def _deformation_penalty(deformation: SpatialTransform, grid: Grid, control_spacing: float, dtype: torch.dtype):

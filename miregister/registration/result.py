@@ -42,6 +42,9 @@ class RegistrationResult:
         deformable stages (see :func:`miregister.registration.validation.validate`).
     device : str
         Where the optimisation ran.
+    quality : dict
+        ``{"doubtful": bool, "reasons": [str], "notes": [str], "signals": {...}}`` from
+        :func:`miregister.registration.quality.assess`: whether the result is doubtful and why.
     """
 
     transform: SpatialTransform
@@ -54,6 +57,7 @@ class RegistrationResult:
     timings: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @property
     def matrix(self) -> np.ndarray | None:
@@ -77,6 +81,7 @@ class RegistrationResult:
             "history": self.history,
             "timings_seconds": self.timings,
             "validation": self.validation,
+            "quality": self.quality,
         }
 
     def save_transform(self, path: str | os.PathLike) -> Path:
@@ -107,6 +112,10 @@ class RegistrationResult:
         jac = self.validation.get("jacobian")
         if jac:
             lines.append(f"  Jacobian det min {jac.get('min', float('nan')):.3f}, folded fraction {jac.get('folded_fraction', float('nan')):.2e}")
+        if self.quality:
+            doubtful = self.quality.get("doubtful")
+            lines.append("  quality: " + ("DOUBTFUL: " + "; ".join(self.quality.get("reasons", [])) if doubtful else "no warning"))
+            lines.extend(f"  note: {n}" for n in self.quality.get("notes", []))
         return "\n".join(lines)
 
 
