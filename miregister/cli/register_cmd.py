@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .common import EXIT_OK, add_command
@@ -48,6 +49,11 @@ def add_parser(commands) -> None:
     reg.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     reg.add_argument("--initialization", choices=("moments", "geometry", "none"), help="initial alignment (default moments)")
     reg.add_argument("--rotation-search", action="store_true", help="try coarse initial rotations first (large misalignment)")
+    reg.add_argument("--no-auto-search", action="store_true",
+                     help="skip the automatic start searches (slab translation search, orientation check after the coarsest level)")
+    reg.add_argument("--strict", action="store_true",
+                     help="exit with code 3 (outputs still written) when the quality check finds the result "
+                          "doubtful (report.json 'quality')")
     reg.add_argument("--optimizer", choices=("lbfgs", "adam"), help="optimiser (default lbfgs)")
     reg.add_argument("--shrink-factors", type=int, nargs="+", metavar="F", help="pyramid shrink factors, coarse to fine (default 4 2 1)")
     reg.add_argument("--smoothing-sigmas", type=float, nargs="+", metavar="MM", help="Gaussian sigmas per level in mm, or one for all levels (default 2 1 0)")
@@ -69,6 +75,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..outputs import write_run
     from ..registration import register
+    from ..registration.quality import EXIT_DOUBTFUL
 
     options = {
         "bins": args.bins, "kernel": args.kernel, "seed": args.seed, "initialization": args.initialization, "optimizer": args.optimizer,
@@ -82,13 +89,17 @@ def run(args: argparse.Namespace) -> int:
     _check_register_output(out, args.transform, args.transform_format)  # before minutes of work, not after
     result = register(
         args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-        device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
-        verbose=not args.quiet, **options,
+        device=args.device, rotation_search=args.rotation_search, auto_search=not args.no_auto_search,
+        validate=not args.no_validate, verbose=not args.quiet, **options,
     )
     final = write_run(result, out, transform_format=args.transform_format, qc=not args.no_qc)
     if not args.quiet:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")
+    if args.strict and result.quality.get("doubtful"):
+        # A distinct code, after the outputs are written: scripts can stop a pipeline on a doubtful result.
+        print(f"miregister register: doubtful result (--strict): {'; '.join(result.quality['reasons'])}", file=sys.stderr)
+        return EXIT_DOUBTFUL
     return EXIT_OK
 
 

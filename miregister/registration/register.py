@@ -154,7 +154,7 @@ def register(
     quality_start = time.perf_counter()
     quality = assess(
         history=history, validation=validation, searches=[s for s in searches if s],
-        flip_check=_final_flip_check(current, cache, stages, opts) if opts.auto_search else None,
+        flip_check=_final_flip_check(current, cache, stages, opts),
     )
     timings["quality"] = time.perf_counter() - quality_start
     timings["total"] = time.perf_counter() - start
