@@ -133,10 +133,28 @@ def _read(name: str) -> sitk.Image:
 
 
 def load_source(kind: str) -> sitk.Image:
-    """The sample volume ``kind`` in {"t1", "t2like", "mask"}: float32 (mask: uint8)."""
+    """The sample volume ``kind`` in {"t1", "t2like", "t2inv", "mask"}: float32 (mask: uint8).
+
+    ``t2inv`` is a second synthetic T2 contrast, unlike ``t2like`` (a mixture of tissue maps with
+    its own bias field and noise): a decreasing function of the T1 itself inside the brain mask,
+    ``255 * (1.1 - T1 / 255) ** 1.5``, plus seeded Gaussian noise (sigma 3), 0 outside.
+    """
+    if kind == "t2inv":
+        return _t2inv()
     files = {"t1": "mni152_t1_2mm.nii.gz", "t2like": "mni152_t2like_2mm.nii.gz", "mask": "mni152_brainmask_2mm.nii.gz"}
     image = _read(files[kind])
     return sitk.Cast(image, sitk.sitkUInt8 if kind == "mask" else sitk.sitkFloat32)
+
+
+@lru_cache(maxsize=None)
+def _t2inv() -> sitk.Image:
+    t1 = sitk.GetArrayFromImage(_read("mni152_t1_2mm.nii.gz")).astype(np.float64)
+    inside = sitk.GetArrayFromImage(_read("mni152_brainmask_2mm.nii.gz")) > 0
+    values = np.where(inside, 255.0 * np.clip(1.1 - t1 / 255.0, 0, None) ** 1.5, 0.0)
+    values += 3.0 * np.random.default_rng(2).standard_normal(values.shape)
+    out = sitk.GetImageFromArray(np.clip(values, 0, None).astype(np.float32))
+    out.CopyInformation(_read("mni152_t1_2mm.nii.gz"))
+    return out
 
 
 def grid_points(image: sitk.Image) -> np.ndarray:
@@ -267,8 +285,9 @@ def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 
 
     Parameters
     ----------
-    modality : {"mono", "multi"}
-        Moving image from the T1 (mono) or the synthetic T2-like image (multi).
+    modality : {"mono", "multi", "multi-t2inv"}
+        Moving image from the T1 (mono), the synthetic T2-like image (multi) or the second
+        synthetic T2 contrast ``t2inv`` of :func:`load_source`.
     oblique : bool
         Resample the fixed T1 onto :func:`oblique_grid` (1.8 x 1.8 x 3.0 mm, rotated 12 deg).
     seed : int
@@ -278,7 +297,7 @@ def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 
     """
     matrix = known_affine(seed)
     t1, mask = load_source("t1"), load_source("mask")
-    source = t1 if modality == "mono" else load_source("t2like")
+    source = t1 if modality == "mono" else load_source("t2inv" if modality == "multi-t2inv" else "t2like")
     inverse = matrix_to_sitk(np.linalg.inv(matrix))
     moving = _resample(source, source, inverse, interpolation=interpolation)
     if oblique:
