@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -128,14 +129,15 @@ def register(
                 searches.append(_translation_search(current, coarsest, stage, opts, moving_img.grid))
             if opts.rotation_search and kind != "translation" and first_linear:
                 _rotation_search(current, coarsest, stage, opts)
+            after_level = None
             if first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1:
-                # The coarsest level alone, then a cheap check of its result against the 23 other
+                # After the coarsest level, a cheap check of its result against the 23 other
                 # axis-aligned orientations; the finer levels start from the winner.
-                _run_levels(kind, current, stage, cache, opts, history, index, levels=slice(0, 1))
-                searches.append(_orientation_check(current, coarsest, stage, opts, kind, cache, history, index))
-                _run_levels(kind, current, stage, cache, opts, history, index, levels=slice(1, None))
-            else:
-                _run_levels(kind, current, stage, cache, opts, history, index)
+                def after_level(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> None:
+                    if level_index == 0:
+                        searches.append(_orientation_check(transform, coarsest, stage, opts, kind, cache, history, index))
+
+            _run_levels(kind, current, stage, cache, opts, history, index, after_level=after_level)
         timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
     current = current.eval()
     for parameter in current.parameters():
@@ -328,9 +330,10 @@ def _run_levels(
     stage_index: int,
     dense_factory=None,
     levels: slice = slice(None),
+    after_level: Callable[[int], None] | None = None,
 ) -> None:
     """Optimise ``transform`` in place level by level (``levels``: a part of the stage's levels),
-    appending one history entry per level."""
+    appending one history entry per level; ``after_level(level_index)`` runs after each."""
     schedule = list(enumerate(zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)))[levels]
     progress = _progress(opts, kind, sum(it for _, (_, _, it) in schedule))
     level_end = 0  # where the progress bar stands when the current level is done
@@ -366,6 +369,8 @@ def _run_levels(
         })
         if progress is not None:  # a level that converged early, or evaluated past its budget, ends at its mark
             _advance(progress, level_end, to_end=True)
+        if after_level is not None:
+            after_level(level_index)
     if progress is not None:
         progress.close()
 
@@ -545,7 +550,7 @@ def _orientation_check(
         candidate = _rotated_about(transform, rotation, center)
         trial: list[dict[str, Any]] = []
         with torch.enable_grad():
-            _run_levels(kind, candidate, stage, cache, opts, trial, stage_index, levels=slice(0, 1))
+            _run_levels(kind, candidate, stage, cache, replace(opts, verbose=False), trial, stage_index, levels=slice(0, 1))
         reached, _ = problem.metric(candidate, check_overlap=False)
         if float(reached[0]) > best_value:
             best_value, best_state, best_entry = float(reached[0]), candidate.state_dict(), trial[-1]
