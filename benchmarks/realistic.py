@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -65,9 +66,9 @@ CASES: dict[str, tuple[Callable[[], Case], str, bool]] = {
                                           interpolation="linear"), "rigid", True),
     "skullstrip": (lambda: make_skullstrip_case(seed=0, interpolation="linear"), "rigid", True),
     "bias": (lambda: make_bias_case(seed=0, interpolation="linear"), "affine", True),
-    "header45": (lambda: make_header_rotation_case(45.0, axis=(0.0, 0.0, 1.0)), "rigid", False),
     "header90": (lambda: make_header_rotation_case(90.0, axis=(1.0, 0.0, 0.0)), "rigid", False),
     "header180": (lambda: make_header_rotation_case(180.0, axis=(0.0, 0.0, 1.0)), "rigid", False),
+    "header45": (lambda: make_header_rotation_case(45.0, axis=(0.0, 0.0, 1.0)), "rigid", False),
 }
 MI_BINS = 64
 PERTURBATIONS = 4
@@ -286,7 +287,8 @@ def markdown(rows: list[dict], args) -> str:
     lines = ["## Realistic cases: partial field of view, skull-stripped, bias field, header rotations", ""]
     lines.append(f"Machine: {machine_description()}." + (" **Accuracy run; times not valid, machine shared.**" if args.no_times else ""))
     lines.append("")
-    lines.append("`" + shlex.join(["python", "benchmarks/realistic.py", *sys.argv[1:]]) + "`. " + (__doc__.split("\n\n")[1]).replace("\n", " "))
+    command = rows[0].get("command") if rows else None
+    lines.append("`" + (command or shlex.join(["python", "benchmarks/realistic.py", *sys.argv[1:]])) + "`. " + (__doc__.split("\n\n")[1]).replace("\n", " "))
     lines.append("")
     by_case: dict[str, list[dict]] = {}
     for r in rows:
@@ -332,7 +334,8 @@ NOTES = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument("--cases", default="slab,header90,skullstrip,bias,slab-thick,header180,header45",
+                        help=f"comma list of {', '.join(CASES)}")
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -340,7 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-consistency", action="store_true", help="skip the header-perturbation runs")
     parser.add_argument("--no-times", action="store_true", help="leave times out of the table (a shared machine)")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/RESULTS.md")
+    parser.add_argument("--rows", help="also save the scored rows (JSON, rewritten after each tool) to this file")
+    parser.add_argument("--render", help="only turn rows saved by --rows into the RESULTS.md section")
     args = parser.parse_args(argv)
+    if args.render:
+        rows = json.loads(Path(args.render).read_text())
+        text = markdown(rows, args)
+        print(text)
+        if not args.no_write:
+            from results_file import write_section
+
+            write_section("realistic", text)
+        return 0
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     if set(names) - set(CASES) or set(methods) - set(ALL_METHODS):
@@ -365,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         truth_mi, truth_overlap = common_mi(case, case.matrix)
         rows.append({"case": case.name, "method": "truth", "error": {"mean": 0.0, "max": 0.0}, "mi": truth_mi,
                      "overlap": truth_overlap, "time": float("nan"),
+                     "command": shlex.join(["python", "benchmarks/realistic.py", *sys.argv[1:]]),
                      "case_info": {"kind": kind, "description": ", ".join(f"{k} {v}" for k, v in case.info.items())}})
         print(_line(rows[-1]), flush=True)
         for m in methods:
@@ -372,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = score_method(label, runner, case, kind, consistency and not args.no_consistency, args,
                                    **({"threads": args.threads} if m == "elastix" else {}), **kw)
                 rows.append(row)
+                if args.rows:
+                    Path(args.rows).write_text(json.dumps(rows, indent=1, default=str))
     text = markdown(rows, args)
     print("\n" + text)
     if not args.no_write:
