@@ -62,7 +62,7 @@ def register(
         A linear fixed->moving transform to start from instead of the centre initialisation.
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
-        ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
+        ``kernel``, ``initialization``, ``rotation_search``, ``auto_search``, ``strict``, ``optimizer``, ``seed``, ``device``,
         ``dtype``, ``validate``, ``knn_samples``, ``verbose``) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
@@ -73,15 +73,19 @@ def register(
     Returns
     -------
     RegistrationResult
-        Transform, warped image, per-level metric history, timings, the options used and
-        validation (MI before/after by soft bins, KDE, KNN, and NMI).
+        Transform, warped image, per-level metric history, timings, the options used,
+        validation (MI before/after by soft bins, KDE, KNN, and NMI) and ``quality`` (is the result
+        doubtful, why, and what the automatic searches did).
 
     Raises
     ------
     ValueError
         For NaN/inf voxels, a constant image, an empty mask, images of different dimension,
         masks on the wrong grid, unknown options; :class:`RegistrationError` (a ValueError)
-        when the images do not overlap or the metric diverges.
+        when the images do not overlap or the metric diverges;
+        :class:`~miregister.registration.quality.DoubtfulRegistrationError` (a RegistrationError,
+        carrying the result) with ``strict=True`` when the result's quality check finds it doubtful
+        (``result.quality``).
     """
     start = time.perf_counter()
     stages = parse_stages(transform)
