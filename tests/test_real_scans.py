@@ -124,3 +124,18 @@ def test_inside_helper_matches_sitk():
         index = np.asarray(moving.TransformPhysicalPointToContinuousIndex(p.tolist()))
         theirs.append(bool(np.all(index >= -0.5) and np.all(index <= np.asarray(moving.GetSize()) - 0.5)))
     assert ours.tolist() == theirs
+
+
+def test_axis_rotations_are_the_proper_cube_rotations():
+    """The orientation check's candidates: the 23 non-identity rotations of the cube group in 3D
+    (3 in 2D), each orthogonal with det +1, all distinct, closed under composition with the identity."""
+    from miregister.registration.register import _axis_rotations
+
+    for ndim, count in ((3, 23), (2, 3)):
+        rotations = _axis_rotations(ndim)
+        assert len(rotations) == count
+        for r in rotations:
+            assert np.allclose(r @ r.T, np.eye(ndim)) and np.isclose(np.linalg.det(r), 1.0)
+        assert len({tuple(r.ravel()) for r in rotations}) == count
+        group = {tuple(np.eye(ndim).ravel())} | {tuple(r.ravel()) for r in rotations}
+        assert all(tuple((a @ b).ravel()) in group for a in rotations for b in rotations)
