@@ -108,6 +108,10 @@ def test_assess_signals():
     assert assess(history, good, [], {"mi": 1.0, "best_other": 1.2, "best_other_rotation_deg": 180.0})["doubtful"]
     disagree = {"before": good["before"], "after": {"soft_bins": 0.5, "kde": 0.25, "knn": 0.5}}
     assert "KDE" in assess(history, disagree, [], None)["reasons"][0]
+    unchanged = {"before": good["after"], "after": {"soft_bins": 0.5, "kde": 0.599, "knn": 0.499}}  # aligned inputs: noise
+    assert not assess(history, unchanged, [], None)["doubtful"]
+    worse = {"before": good["after"], "after": good["before"]}
+    assert "soft-bins MI fell" in assess(history, worse, [], None)["reasons"][0]
     folded = dict(good, jacobian={"folded_fraction": 0.01})
     assert assess(history, folded, [], None)["doubtful"]
     note = assess(history, good, [{"note": "rotation search run automatically because x"}], None)["notes"]

@@ -31,6 +31,9 @@ __all__ = ["assess", "DoubtfulRegistrationError", "MIN_FINAL_OVERLAP", "EXIT_DOU
 MIN_FINAL_OVERLAP = 0.10
 #: A re-orientation must beat the result's MI by this relative margin to count (sampling noise).
 FLIP_MARGIN = 0.02
+#: An MI estimate "fell" when it dropped by more than this (nats) or this fraction, whichever is larger.
+MI_TOLERANCE = 0.01
+MI_TOLERANCE_RELATIVE = 0.02
 #: Command-line exit code of a doubtful result under ``--strict``.
 EXIT_DOUBTFUL = 3
 
@@ -92,13 +95,16 @@ def assess(
             )
     before, after = validation.get("before"), validation.get("after")
     if before is not None and after is not None:
-        improved = {k: bool(after[k] > before[k]) for k in ("soft_bins", "kde", "knn")}
-        signals["improved"] = improved
-        if not improved["soft_bins"]:
-            reasons.append(f"soft-bins MI did not improve ({before['soft_bins']:.4f} -> {after['soft_bins']:.4f})")
-        elif not (improved["kde"] and improved["knn"]):
-            fell = [k.upper() for k in ("kde", "knn") if not improved[k]]
-            reasons.append(f"soft-bins MI rose but {' and '.join(fell)} MI fell: the estimators disagree")
+        # "fell": lower by more than the estimators' noise, so that already aligned inputs (no
+        # change to measure) do not count as a disagreement
+        fell = {k: bool(after[k] < before[k] - max(MI_TOLERANCE, MI_TOLERANCE_RELATIVE * abs(before[k])))
+                for k in ("soft_bins", "kde", "knn")}
+        signals["fell"] = fell
+        if fell["soft_bins"]:
+            reasons.append(f"soft-bins MI fell ({before['soft_bins']:.4f} -> {after['soft_bins']:.4f})")
+        elif fell["kde"] or fell["knn"]:
+            names = [k.upper() for k in ("kde", "knn") if fell[k]]
+            reasons.append(f"{' and '.join(names)} MI fell while the optimised soft-bins MI did not: the estimators disagree")
     jacobian = validation.get("jacobian")
     if jacobian:
         folded = float(jacobian.get("folded_fraction", 0.0))
