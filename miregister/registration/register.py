@@ -135,8 +135,8 @@ def register(
                 _rotation_search(current, coarsest, stage, opts)
             after_level = None
             if first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1:
-                # After the coarsest level, a cheap check of its result against the 23 other
-                # axis-aligned orientations; the finer levels start from the winner.
+                # After the coarsest level, a cheap check of its result against 29 re-orientations
+                # of it (axis swaps and flips, 45 degrees about each axis).
                 def after_level(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> bool:
                     if level_index != 0:
                         return False
@@ -440,6 +440,22 @@ def _rotation_search(transform: SpatialTransform, level: Level, stage: StageOpti
 PARTIAL_FOV = 0.6
 
 
+def _orientation_candidates(ndim: int) -> list[np.ndarray]:
+    """Re-orientations tried by the orientation check: :func:`_axis_rotations` plus +-45 degrees
+    about each axis (29 in 3D, 5 in 2D): a start 45 degrees off lies halfway between two
+    axis-aligned orientations, where neither helps."""
+    from scipy.spatial.transform import Rotation
+
+    out = _axis_rotations(ndim)
+    if ndim == 2:
+        c = math.sqrt(0.5)
+        return out + [np.array([[c, -s * c], [s * c, c]]) for s in (1.0, -1.0)]
+    for axis in np.eye(3):
+        for sign in (1.0, -1.0):
+            out.append(Rotation.from_rotvec(sign * math.pi / 4 * axis).as_matrix())
+    return out
+
+
 def _axis_rotations(ndim: int) -> list[np.ndarray]:
     """The proper rotations that permute and flip the coordinate axes (23 in 3D, 3 in 2D),
     identity excluded: the orientations a wrong header or a swapped axis produces."""
@@ -515,11 +531,12 @@ def _translation_search(
 def _orientation_scores(
     transform: SpatialTransform, problem: LevelProblem
 ) -> tuple[float, list[tuple[float, np.ndarray]]]:
-    """MI of ``transform`` and of its 23 axis re-orientations about the samples' centre, best first."""
+    """MI of ``transform`` and of its re-orientations (:func:`_orientation_candidates`) about the
+    samples' centre, best first."""
     center = problem.points[0].mean(dim=0).detach().cpu().double().numpy()
     value, _ = problem.metric(transform, check_overlap=False)
     scores = []
-    for rotation in _axis_rotations(transform.ndim):
+    for rotation in _orientation_candidates(transform.ndim):
         candidate_value, overlap = problem.metric(_rotated_about(transform, rotation, center), check_overlap=False)
         if float(overlap) >= MIN_OVERLAP:
             scores.append((float(candidate_value[0]), rotation))
@@ -539,8 +556,8 @@ def _orientation_check(
     """After the coarsest level: does an axis re-orientation of its result score a higher MI?
 
     A start more than ~45 degrees off (a header rotated by 90 or 180 degrees, swapped axes)
-    ends the coarsest level in a local optimum. The check evaluates the level's MI at the 23
-    re-orientations of the result (23 evaluations). When one scores higher, the rotation search
+    ends the coarsest level in a local optimum. The check evaluates the level's MI at the 29
+    re-orientations of :func:`_orientation_candidates` (29 evaluations). When one scores higher, the rotation search
     runs automatically: the whole stage is run from the ``retries`` best of them, the original
     finishes its finer levels too, and the result with the highest MI at the finest level
     (fixed 64 bins, same samples for all) is kept. The finest level decides because a coarse
@@ -580,7 +597,7 @@ def _orientation_check(
     if angle:
         entries = [dict(entries[0], restart=f"orientation check: re-oriented by {angle:.0f} deg"), *entries[1:]]
     history[-1:] = entries
-    reason = (f"an axis re-orientation of the coarsest level's result scored a higher MI "
+    reason = (f"a re-orientation of the coarsest level's result scored a higher MI "
               f"({better[0][0]:.4f} > {value:.4f})")
     outcome = (f"kept the start re-oriented by {angle:.0f} deg" if angle else "the original start stayed the best")
     info.update(ran=True, retries=len(better), finest_mi={f"{a:.0f} deg": m for m, _, _, a in runs}, kept_rotation_deg=angle,
@@ -594,7 +611,7 @@ def _final_flip_check(
     transform: SpatialTransform, cache: LevelCache, stages: list[str], opts: RegistrationOptions
 ) -> dict[str, Any] | None:
     """The quality signal of a short rotation search: the final linear mapping's MI at the coarsest
-    level of the last linear stage against its 23 axis re-orientations (no optimisation)."""
+    level of the last linear stage against its 29 re-orientations (no optimisation)."""
     linear = [k for k in stages if k in _LINEAR_CLASSES and k != "translation"]
     if not linear:
         return None
