@@ -29,7 +29,6 @@ def _error(matrix: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:
     return float(np.linalg.norm(apply_matrix(matrix, points) - apply_matrix(truth, points), axis=1).mean())
 
 
-@pytest.mark.slow
 def test_slab_recovered_and_consistent_under_header_perturbation():
     """A 10-slice oblique slab low in the brain: the moments start is ~40 mm off along the slab
     normal; the result must be within 1 mm of the truth, and registering again after a known
