@@ -25,6 +25,22 @@ Cases
 - :func:`make_capture_case`: a large rigid misalignment (up to 45 deg, 40 mm) plus the
   known scaling, on a padded moving grid, for capture-range tests.
 
+Realistic cases (issue 15), closer to what a user brings than one brain resampled against itself
+(there is no real EPI or whole-head scan in ``data/``, so they are SYNTHESISED from the template;
+each builder says how):
+
+- :func:`make_slab_case`: a partial field of view, an EPI-like slab: 24 oblique slices of the
+  skull-stripped T2-like image, 2 x 2 x 3 mm, each slice the average of 3 thin ones (a box slice
+  profile), with noise, under a known rigid motion.
+- :func:`make_skullstrip_case`: a skull-stripped T2-like moving image against a "whole-head" T1:
+  the template T1 is itself skull-stripped, so a synthetic head (dark skull and bright scalp
+  shells around the brain mask) is added to the fixed image.
+- :func:`make_bias_case`: the multimodal affine case with a smooth multiplicative bias field
+  (a quadratic in space, exp-mapped, max/min 1.35 over the moving field of view).
+- :func:`make_header_rotation_case`: the T2-like image rotated by 45, 90 or 180 degrees in its
+  HEADER (direction and origin; voxels untouched, so the truth is exact, no resampling).
+- :func:`perturb_header`: a known rigid change of an image's header, for consistency tests.
+
 All randomness comes from ``numpy.random.default_rng(seed)``: same seed, same case.
 """
 from __future__ import annotations
@@ -57,6 +73,13 @@ __all__ = [
     "oblique_grid",
     "mapping_error",
     "jacobian_determinant",
+    "rigid_about_center",
+    "perturb_header",
+    "make_slab_case",
+    "make_skullstrip_case",
+    "make_bias_case",
+    "make_header_rotation_case",
+    "inside_image",
 ]
 
 
@@ -110,10 +133,28 @@ def _read(name: str) -> sitk.Image:
 
 
 def load_source(kind: str) -> sitk.Image:
-    """The sample volume ``kind`` in {"t1", "t2like", "mask"}: float32 (mask: uint8)."""
+    """The sample volume ``kind`` in {"t1", "t2like", "t2inv", "mask"}: float32 (mask: uint8).
+
+    ``t2inv`` is a second synthetic T2 contrast, unlike ``t2like`` (a mixture of tissue maps with
+    its own bias field and noise): a decreasing function of the T1 itself inside the brain mask,
+    ``255 * (1.1 - T1 / 255) ** 1.5``, plus seeded Gaussian noise (sigma 3), 0 outside.
+    """
+    if kind == "t2inv":
+        return _t2inv()
     files = {"t1": "mni152_t1_2mm.nii.gz", "t2like": "mni152_t2like_2mm.nii.gz", "mask": "mni152_brainmask_2mm.nii.gz"}
     image = _read(files[kind])
     return sitk.Cast(image, sitk.sitkUInt8 if kind == "mask" else sitk.sitkFloat32)
+
+
+@lru_cache(maxsize=None)
+def _t2inv() -> sitk.Image:
+    t1 = sitk.GetArrayFromImage(_read("mni152_t1_2mm.nii.gz")).astype(np.float64)
+    inside = sitk.GetArrayFromImage(_read("mni152_brainmask_2mm.nii.gz")) > 0
+    values = np.where(inside, 255.0 * np.clip(1.1 - t1 / 255.0, 0, None) ** 1.5, 0.0)
+    values += 3.0 * np.random.default_rng(2).standard_normal(values.shape)
+    out = sitk.GetImageFromArray(np.clip(values, 0, None).astype(np.float32))
+    out.CopyInformation(_read("mni152_t1_2mm.nii.gz"))
+    return out
 
 
 def grid_points(image: sitk.Image) -> np.ndarray:
@@ -244,8 +285,9 @@ def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 
 
     Parameters
     ----------
-    modality : {"mono", "multi"}
-        Moving image from the T1 (mono) or the synthetic T2-like image (multi).
+    modality : {"mono", "multi", "multi-t2inv"}
+        Moving image from the T1 (mono), the synthetic T2-like image (multi) or the second
+        synthetic T2 contrast ``t2inv`` of :func:`load_source`.
     oblique : bool
         Resample the fixed T1 onto :func:`oblique_grid` (1.8 x 1.8 x 3.0 mm, rotated 12 deg).
     seed : int
@@ -255,7 +297,7 @@ def make_affine_case(modality: str = "mono", oblique: bool = False, seed: int = 
     """
     matrix = known_affine(seed)
     t1, mask = load_source("t1"), load_source("mask")
-    source = t1 if modality == "mono" else load_source("t2like")
+    source = t1 if modality == "mono" else load_source("t2inv" if modality == "multi-t2inv" else "t2like")
     inverse = matrix_to_sitk(np.linalg.inv(matrix))
     moving = _resample(source, source, inverse, interpolation=interpolation)
     if oblique:
@@ -403,6 +445,172 @@ def upsample_case(case: Case, resolution_mm: float) -> Case:
     info = dict(case.info, resolution_mm=resolution_mm, fixed_size=fixed.GetSize())
     return Case(f"{case.name}-{resolution_mm:g}mm", fixed, moving, mask, points, true_points,
                 matrix=case.matrix, displacement=displacement, info=info)
+
+
+# ------------------------------------------------------------------------------ realistic cases
+def rigid_about_center(axis, degrees: float, translation, center: np.ndarray) -> np.ndarray:
+    """Homogeneous 4x4 of the rigid ``T(x) = R (x - c) + c + t``."""
+    return affine_about_center(rotation_about_axis(np.asarray(axis, dtype=float), degrees), np.asarray(translation, dtype=float), center)
+
+
+def perturb_header(image: sitk.Image, matrix: np.ndarray) -> sitk.Image:
+    """``image`` with its header moved by the rigid ``matrix`` (4x4): voxel data untouched.
+
+    A voxel that sat at physical point ``q`` now sits at ``Q(q) = R q + t``; so if ``T`` mapped
+    fixed points onto the old image, ``Q o T`` maps them onto the new one.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    out = sitk.Image(image)
+    direction = m[:3, :3] @ np.asarray(image.GetDirection()).reshape(3, 3)
+    out.SetDirection(direction.ravel().tolist())
+    out.SetOrigin(_apply(m, np.asarray(image.GetOrigin())[None])[0].tolist())
+    return out
+
+
+def inside_image(image: sitk.Image, points: np.ndarray, margin_vox: float = 0.0) -> np.ndarray:
+    """Boolean (N,): which physical ``points`` (mm) fall inside ``image``'s voxel box."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    index = (np.asarray(points) - np.asarray(image.GetOrigin())) @ direction / np.asarray(image.GetSpacing())
+    upper = np.asarray(image.GetSize()) - 1
+    return np.all((index >= -0.5 + margin_vox) & (index <= upper + 0.5 - margin_vox), axis=1)
+
+
+def _slab_grid(center: np.ndarray, direction: np.ndarray, spacing, size) -> sitk.Image:
+    out = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    out.SetSpacing([float(s) for s in spacing])
+    out.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
+    out.SetOrigin((center - direction @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2)).tolist())
+    return out
+
+
+def _known_rigid(seed: int, degrees: float, shift_mm: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    axis = np.sign(axis) * (0.5 + np.abs(axis))
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    return rigid_about_center(axis, degrees, shift_mm * direction, brain_center())
+
+
+def _case_from_matrix(name: str, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, matrix: np.ndarray,
+                      info: dict[str, Any], overlap_only: bool = False) -> Case:
+    """A linear case; with ``overlap_only`` the error points are the fixed brain voxels whose true
+    image lies inside the moving field of view (the part a partial scan can constrain)."""
+    points = mask_points(mask)
+    true_points = _apply(matrix, points)
+    if overlap_only:
+        keep = inside_image(moving, true_points)
+        points, true_points = points[keep], true_points[keep]
+        info = dict(info, overlap_brain_voxels=int(keep.sum()), brain_voxels=int(keep.size))
+    info = dict(info, mean_displacement_mm=float(np.linalg.norm(true_points - points, axis=1).mean()))
+    return Case(name, fixed, moving, mask, points, true_points, matrix=matrix, info=info)
+
+
+def make_slab_case(
+    seed: int = 0, slices: int = 20, spacing=(2.0, 2.0, 2.2), tilt_deg: float = 35.0, offset_mm: float = -30.0,
+    degrees: float = 10.0, shift_mm: float = 12.0, noise: float = 0.02, interpolation: str = "bspline",
+) -> Case:
+    """A partial field of view: an EPI-like slab of the skull-stripped T2-like image (moving)
+    against the whole T1 (fixed).
+
+    SYNTHESISED (no real EPI here): the brain is moved by a known rigid ``T`` (``degrees`` about a
+    seeded oblique axis, ``shift_mm``), skull-stripped with the brain mask and sampled on an
+    oblique slab: ``slices`` slices of ``spacing`` mm (in-plane 2 mm, 110 x 110), the slice plane
+    tilted by ``tilt_deg`` about an oblique in-plane axis, its centre ``offset_mm`` along the slice normal from the
+    brain centre (the default, -30 mm, puts it low in the brain: its centre of mass is far from
+    the brain's). Each slice is the mean of 3 thin slices across its thickness (a box slice profile),
+    and Gaussian noise of ``noise`` x the brain's 99th percentile is added (seeded). Errors and
+    consistency are measured over the fixed brain voxels that map into the slab.
+    """
+    matrix = _known_rigid(seed, degrees, shift_mm)
+    source, mask = load_source("t2like"), load_source("mask")
+    stripped = sitk.Mask(source, mask)
+    c = brain_center()
+    direction = rotation_about_axis(np.array([1.0, 0.35, 0.0]), tilt_deg) @ np.asarray(source.GetDirection()).reshape(3, 3)
+    spacing = np.asarray(spacing, dtype=float)
+    center = c + direction[:, 2] * offset_mm
+    thin = spacing * np.array([1.0, 1.0, 1.0 / 3.0])
+    fine = _slab_grid(center, direction, thin, (110, 110, 3 * slices))
+    inverse = matrix_to_sitk(np.linalg.inv(matrix))
+    values = sitk.GetArrayFromImage(_resample(stripped, fine, inverse, interpolation=interpolation)).astype(np.float64)
+    values = values.reshape(slices, 3, *values.shape[1:]).mean(axis=1)
+    rng = np.random.default_rng(seed + 100)
+    scale = float(np.percentile(sitk.GetArrayViewFromImage(source)[sitk.GetArrayViewFromImage(mask) > 0], 99))
+    values = np.clip(values + noise * scale * rng.standard_normal(values.shape), 0, None)
+    moving = sitk.GetImageFromArray(values.astype(np.float32))
+    moving.CopyInformation(_slab_grid(center, direction, spacing, (110, 110, slices)))
+    info = {"slices": slices, "spacing": spacing.tolist(), "tilt_deg": tilt_deg, "rotation_deg": degrees,
+            "shift_mm": shift_mm, "interpolation": interpolation}
+    return _case_from_matrix(f"slab-{slices}x{spacing[2]:g}mm", load_source("t1"), moving, mask, matrix, info, overlap_only=True)
+
+
+def synthetic_head(t1: sitk.Image, mask: sitk.Image) -> sitk.Image:
+    """``t1`` with a synthetic head around the brain: a dark skull shell (3-9 mm outside the
+    mask, intensity 15) and a bright scalp shell (9-15 mm, intensity 140, ~ fat on T1); the
+    2-3 mm gap next to the brain keeps the template's own CSF/dura voxels."""
+    inside = sitk.GetArrayFromImage(mask) > 0
+    distance = ndimage.distance_transform_edt(~inside, sampling=np.asarray(t1.GetSpacing())[::-1])
+    head = sitk.GetArrayFromImage(t1).astype(np.float32)
+    skull = (distance > 3) & (distance <= 9)
+    scalp = (distance > 9) & (distance <= 15)
+    head[skull] = np.maximum(head[skull], 15.0)
+    head[scalp] = 140.0
+    out = sitk.GetImageFromArray(head)
+    out.CopyInformation(t1)
+    return out
+
+
+def make_skullstrip_case(seed: int = 0, degrees: float = 10.0, shift_mm: float = 9.0, interpolation: str = "linear") -> Case:
+    """A skull-stripped moving image (T2-like x brain mask) against a whole-head fixed T1.
+
+    SYNTHESISED: the sample T1 is already skull-stripped, so the fixed image is
+    :func:`synthetic_head` (dark skull and bright scalp shells added around the brain). The
+    moving image is the masked T2-like image under a known rigid motion (seeded axis), on a grid
+    padded by 10 voxels, resampled with ``interpolation``.
+    """
+    matrix = _known_rigid(seed + 1, degrees, shift_mm)
+    t1, source, mask = load_source("t1"), load_source("t2like"), load_source("mask")
+    stripped = sitk.Mask(source, mask)
+    moving = _resample(stripped, _padded(source, 10), matrix_to_sitk(np.linalg.inv(matrix)), interpolation=interpolation)
+    info = {"rotation_deg": degrees, "shift_mm": shift_mm, "interpolation": interpolation, "fixed": "T1 + synthetic head"}
+    return _case_from_matrix("skullstrip-t2-to-head", synthetic_head(t1, mask), moving, mask, matrix, info)
+
+
+def bias_field(image: sitk.Image, ratio: float = 1.35, seed: int = 0) -> np.ndarray:
+    """A smooth multiplicative field on ``image``'s grid (numpy order), ``exp`` of a seeded
+    quadratic in the physical coordinates, scaled so that max / min over the grid = ``ratio``."""
+    rng = np.random.default_rng(seed)
+    p = grid_points(image)
+    q = (p - p.reshape(-1, 3).mean(axis=0)) / np.abs(p.reshape(-1, 3) - p.reshape(-1, 3).mean(axis=0)).max()
+    a = rng.normal(size=3)
+    b = rng.normal(size=(3, 3))
+    g = q @ a + 0.5 * np.einsum("...i,ij,...j->...", q, b + b.T, q) / 2
+    g = (g - g.min()) / (g.max() - g.min())
+    return np.exp(np.log(ratio) * (g - 0.5))
+
+
+def make_bias_case(seed: int = 0, ratio: float = 1.35, interpolation: str = "linear") -> Case:
+    """The multimodal affine case (:func:`make_affine_case`) with a smooth multiplicative bias
+    field on the moving image (:func:`bias_field`, max/min ``ratio`` over its field of view)."""
+    case = make_affine_case("multi", seed=seed, interpolation=interpolation)
+    values = sitk.GetArrayFromImage(case.moving) * bias_field(case.moving, ratio, seed + 7)
+    moving = sitk.GetImageFromArray(values.astype(np.float32))
+    moving.CopyInformation(case.moving)
+    info = dict(case.info, bias_ratio=ratio)
+    return Case(f"bias{round(100 * (ratio - 1))}-multi", case.fixed, moving, case.fixed_mask, case.points, case.true_points,
+                matrix=case.matrix, info=info)
+
+
+def make_header_rotation_case(degrees: float, axis=(1.0, 0.0, 0.0), shift_mm: float = 5.0, modality: str = "multi") -> Case:
+    """The T2-like (``multi``) or T1 (``mono``) image rotated by ``degrees`` about ``axis`` through
+    the brain centre IN ITS HEADER (direction and origin; plus ``shift_mm`` along (1, 1, 1)/sqrt 3),
+    voxels untouched: the truth is exact, ``T(x) = R (x - c) + c + t``."""
+    c = brain_center()
+    matrix = rigid_about_center(axis, degrees, shift_mm * np.ones(3) / np.sqrt(3), c)
+    source = load_source("t2like" if modality == "multi" else "t1")
+    moving = perturb_header(source, matrix)
+    info = {"rotation_deg": degrees, "axis": list(map(float, axis)), "shift_mm": shift_mm}
+    return _case_from_matrix(f"header-{degrees:g}deg-{modality}", load_source("t1"), moving, load_source("mask"), matrix, info)
 
 
 # ------------------------------------------------------------------------------ metric

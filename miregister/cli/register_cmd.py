@@ -130,6 +130,11 @@ def add_parser(commands) -> None:
                      help="also write jacobian.nii.gz: the Jacobian determinant of the fixed->moving mapping on the fixed grid")
     reg.add_argument("--threads", type=_threads_arg, metavar="N",
                      help="CPU threads (default: the CPUs this process may use, e.g. as limited by taskset)")
+    reg.add_argument("--no-auto-search", action="store_true",
+                     help="skip the automatic start searches (slab translation search, orientation check after the coarsest level)")
+    reg.add_argument("--strict", action="store_true",
+                     help="exit with code 3 (outputs still written) when the quality check finds the result "
+                          "doubtful (report.json 'quality')")
     add_registration_options(reg)
     reg.set_defaults(run=run)
 
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import check_output_folder, check_transform_format, write_run
     from ..registration import register
     from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages
+    from ..registration.quality import EXIT_DOUBTFUL
 
     config = dict(args.config or {})
     for name in ("fixed_mask", "moving_mask"):
@@ -145,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         setattr(args, name, getattr(args, name) or from_file)
     args.config = config
     options = registration_options(args)
+    # A report.json's auto_search/strict meet the flags: strict is the CLI's (exit 3 after writing).
+    args.no_auto_search = args.no_auto_search or not options.pop("auto_search", True)
+    args.strict = args.strict or bool(options.pop("strict", False))
     # The command line first (UsageError: exit 2), then the output folder (OutputError: exit 1),
     # both before any image is read and minutes of work are spent.
     stages = parse_stages(args.transform)
@@ -153,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output, overwrite=args.overwrite)
     result = register(
         args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-        initial_transform=args.initial_transform, device=args.device, rotation_search=args.rotation_search, validate=not args.no_validate,
-        verbose=not args.quiet, **options,
+        initial_transform=args.initial_transform, device=args.device, rotation_search=args.rotation_search,
+        auto_search=not args.no_auto_search, validate=not args.no_validate, verbose=not args.quiet, **options,
     )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
     final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite,
@@ -162,4 +171,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")
+    if args.strict and result.quality.get("doubtful"):
+        # A distinct code, after the outputs are written: scripts can stop a pipeline on a doubtful result.
+        print(f"miregister register: doubtful result (--strict): {'; '.join(result.quality['reasons'])}", file=sys.stderr)
+        return EXIT_DOUBTFUL
     return EXIT_OK

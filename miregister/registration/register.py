@@ -5,7 +5,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -22,7 +22,8 @@ from ..warp import resample
 from .initialization import initial_centers
 from .levels import Level, LevelCache, check_level_sizes
 from .memory import check_memory
-from .optimize import DenseDeformation, LevelProblem, optimize_level
+from .optimize import MIN_OVERLAP, DenseDeformation, LevelProblem, optimize_level
+from .quality import DoubtfulRegistrationError, assess
 from .options import DEFORMABLE_STAGES, RegistrationOptions, StageOptions, build_options, parse_stages
 from .result import RegistrationResult
 from .sampling import sample_points
@@ -104,7 +105,7 @@ def register(
         observers; its return value is ignored. An exception it raises stops the registration.
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
-        ``kernel``, ``initialization``, ``rotation_search``, ``optimizer``, ``seed``, ``device``,
+        ``kernel``, ``initialization``, ``rotation_search``, ``auto_search``, ``strict``, ``optimizer``, ``seed``, ``device``,
         ``dtype``, ``validate``, ``knn_samples``, ``verbose``: progress on stderr, off by
         default, ``threads``: CPU threads, default the CPUs this process may use) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
@@ -116,8 +117,9 @@ def register(
     Returns
     -------
     RegistrationResult
-        Transform, warped image, per-level metric history, timings, the options used and
-        validation (MI before/after by soft bins, KDE, KNN, and NMI).
+        Transform, warped image, per-level metric history, timings, the options used,
+        validation (MI before/after by soft bins, KDE, KNN, and NMI) and ``quality`` (is the result
+        doubtful, why, and what the automatic searches did).
 
     Raises
     ------
@@ -129,7 +131,10 @@ def register(
         For option values out of range, e.g. shrink factors that leave a level thinner than 2 voxels.
     RegistrationError
         When the run would not fit in memory, the images do not overlap or the metric diverges.
-        All three are :class:`~miregister.errors.MiregisterError` and ``ValueError`` subclasses.
+        :class:`~miregister.registration.quality.DoubtfulRegistrationError` (a RegistrationError,
+        carrying the result) with ``strict=True`` when the result's quality check finds it doubtful
+        (``result.quality``).
+        All are :class:`~miregister.errors.MiregisterError` and ``ValueError`` subclasses.
     """
     start = time.perf_counter()
     stages = parse_stages(transform)
@@ -167,6 +172,7 @@ def register(
 
     current = _initial_transform(initial_transform, fixed_img, moving_img, fixed_mask_img, moving_mask_img, opts, dtype, device)
     history: list[dict[str, Any]] = []
+    searches: list[dict[str, Any] | None] = []  # what the automatic start searches did (quality report)
     timings: dict[str, float] = {"preparation": time.perf_counter() - start}
     for index, kind in enumerate(stages):
         stage_start = time.perf_counter()
@@ -175,11 +181,24 @@ def register(
             current = _run_deformable(kind, current, stage, cache, opts, fixed_img, history, index, callback)
         else:
             current = _LINEAR_CLASSES[kind].from_transform(current).to(device=device, dtype=dtype)
-            if opts.rotation_search and kind != "translation" and not any(
-                h["stage"] in ("rigid", "similarity", "affine") for h in history
-            ):
-                _rotation_search(current, cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0]), stage, opts)
-            _run_levels(kind, current, stage, cache, opts, history, index, callback=callback)
+            first_linear = not any(h["stage"] in _LINEAR_CLASSES for h in history)
+            coarsest = cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0])
+            if first_linear and opts.auto_search:
+                searches.append(_translation_search(current, coarsest, stage, opts, moving_img.grid))
+            if opts.rotation_search and kind != "translation" and first_linear:
+                _rotation_search(current, coarsest, stage, opts)
+            after_level = None
+            if first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1:
+                # After the coarsest level, a cheap check of its result against 29 re-orientations
+                # of it (axis swaps and flips, 45 degrees about each axis).
+                def after_level(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> bool:
+                    if level_index != 0:
+                        return False
+                    info = _orientation_check(transform, coarsest, stage, opts, kind, cache, history, index)
+                    searches.append(info)
+                    return info["ran"]  # the check ran the finer levels itself
+
+            _run_levels(kind, current, stage, cache, opts, history, index, callback=callback, after_level=after_level)
         timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
     current = current.eval()
     for parameter in current.parameters():
@@ -195,12 +214,21 @@ def register(
             fixed_dev, moving_dev, warped, current, fixed_mask_img, region, region_name, opts.knn_samples, opts.seed
         )
         timings["validation"] = time.perf_counter() - validation_start
+    quality_start = time.perf_counter()
+    quality = assess(
+        history=history, validation=validation, searches=[s for s in searches if s],
+        flip_check=_final_flip_check(current, cache, stages, opts),
+    )
+    timings["quality"] = time.perf_counter() - quality_start
     timings["total"] = time.perf_counter() - start
-    return RegistrationResult(
+    result = RegistrationResult(
         transform=current, warped=warped.to("cpu"), fixed=fixed_img, moving=moving_img,
         stages=stages, options=opts, history=history, timings=timings, validation=validation,
-        device=str(device), inputs=inputs, threads=torch.get_num_threads(),
+        device=str(device), inputs=inputs, threads=torch.get_num_threads(), quality=quality,
     )
+    if opts.strict and quality["doubtful"]:
+        raise DoubtfulRegistrationError(result)
+    return result
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -387,17 +415,21 @@ def _run_levels(
     stage_index: int,
     dense_factory=None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    levels: slice = slice(None),
+    after_level: Callable[[int], bool] | None = None,
 ) -> None:
-    levels = len(stage.shrink_factors)
-    progress = _Progress(kind, [_evaluation_budget(n, opts.optimizer) for n in stage.iterations]) if opts.verbose else None
-    for level_index, (factor, sigma, iterations) in enumerate(
-        zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)
-    ):
+    """Optimise ``transform`` in place level by level (``levels``: a part of the stage's levels),
+    appending one history entry per level; ``after_level(level_index)`` runs after each and
+    ends the stage when it returns True (it has run the remaining levels itself)."""
+    count = len(stage.shrink_factors)
+    schedule = list(enumerate(zip(stage.shrink_factors, stage.smoothing_sigmas, stage.iterations)))[levels]
+    progress = _Progress(kind, [_evaluation_budget(it, opts.optimizer) for _, (_, _, it) in schedule]) if opts.verbose else None
+    for level_index, (factor, sigma, iterations) in schedule:
         level_start = time.perf_counter()
         level = cache.get(factor, sigma)
         problem, indices = _problem(
             level, stage, opts, seed=opts.seed + 1000 * stage_index + level_index,
-            last_level=level_index == levels - 1,
+            last_level=level_index == count - 1,
         )
         if dense_factory is not None:
             problem.dense, problem.penalty_weight = dense_factory(level, indices), stage.regularization
@@ -422,7 +454,9 @@ def _run_levels(
             "objective": values, "seconds": time.perf_counter() - level_start,
         })
         if progress is not None:
-            progress.level_done(history[-1], levels)
+            progress.level_done(history[-1], count)
+        if after_level is not None and after_level(level_index):
+            break
     if progress is not None:
         progress.close()
 
@@ -532,6 +566,201 @@ def _rotation_search(transform: SpatialTransform, level: Level, stage: StageOpti
     if best_matrix is not None:
         best = type(transform).from_matrix(best_matrix, center=transform.center, dtype=transform.translation.dtype)
         transform.load_state_dict(best.to(transform.center.device).state_dict())
+
+
+# ------------------------------------------------------------------------------ start searches
+#: A moving image whose extent along one of its axes is below this fraction of the fixed
+#: object's extent along that axis has a partial field of view (a slab): the moments
+#: initialisation then matches the slab's centre of mass to the whole fixed object's, off by up
+#: to half the object, and :func:`_translation_search` looks along that axis.
+PARTIAL_FOV = 0.6
+
+
+def _orientation_candidates(ndim: int) -> list[np.ndarray]:
+    """Re-orientations tried by the orientation check: :func:`_axis_rotations` plus +-45 degrees
+    about each axis (29 in 3D, 5 in 2D): a start 45 degrees off lies halfway between two
+    axis-aligned orientations, where neither helps."""
+    from scipy.spatial.transform import Rotation
+
+    out = _axis_rotations(ndim)
+    if ndim == 2:
+        c = math.sqrt(0.5)
+        return out + [np.array([[c, -s * c], [s * c, c]]) for s in (1.0, -1.0)]
+    for axis in np.eye(3):
+        for sign in (1.0, -1.0):
+            out.append(Rotation.from_rotvec(sign * math.pi / 4 * axis).as_matrix())
+    return out
+
+
+def _axis_rotations(ndim: int) -> list[np.ndarray]:
+    """The proper rotations that permute and flip the coordinate axes (23 in 3D, 3 in 2D),
+    identity excluded: the orientations a wrong header or a swapped axis produces."""
+    from itertools import permutations, product
+
+    out = []
+    for perm in permutations(range(ndim)):
+        for signs in product((1.0, -1.0), repeat=ndim):
+            r = np.zeros((ndim, ndim))
+            r[np.arange(ndim), perm] = signs
+            if np.linalg.det(r) > 0 and not np.allclose(r, np.eye(ndim)):
+                out.append(r)
+    return out
+
+
+def _rotated_about(transform: SpatialTransform, rotation: np.ndarray, center: np.ndarray) -> SpatialTransform:
+    """``T(R (x - c) + c)`` as a transform of ``transform``'s class and centre."""
+    d = transform.ndim
+    h = np.eye(d + 1)
+    h[:d, :d] = rotation
+    h[:d, d] = center - rotation @ center
+    m = transform.affine_matrix()[0].detach().cpu().double().numpy() @ h
+    out = type(transform).from_matrix(m, center=transform.center, dtype=transform.translation.dtype)
+    return out.to(transform.center.device)
+
+
+@torch.no_grad()
+def _translation_search(
+    transform: SpatialTransform, level: Level, stage: StageOptions, opts: RegistrationOptions, moving_grid: Grid
+) -> dict[str, Any] | None:
+    """Partial field of view: slide the start along the moving image's short axes, keep the best MI.
+
+    For each moving index axis along which the moving image covers less than
+    :data:`PARTIAL_FOV` of the fixed sampled object (seen through the current transform), the
+    start's translation is moved so that the slab's centre visits the object's extent in steps
+    of a quarter of the slab (at least 2 voxels of the level), and the coarsest level's MI is
+    evaluated at each (no optimisation: tens of evaluations). Returns what it did, or None
+    when the moving image covers the object.
+    """
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 555, last_level=False)
+    moved = transform(problem.points)[0].detach().cpu().double().numpy()
+    direction = moving_grid.direction_matrix()
+    extent = moving_grid.extent()
+    local = (moved - moving_grid.center()) @ direction  # coordinates along the moving axes
+    low, high = np.percentile(local, 2, axis=0), np.percentile(local, 98, axis=0)
+    axes = [a for a in range(transform.ndim) if extent[a] < PARTIAL_FOV * (high[a] - low[a])]
+    if not axes:
+        return None
+    step_floor = 2 * max(level.moving.grid.spacing)
+    offsets = [np.zeros(transform.ndim)]
+    for a in axes:
+        step = max(extent[a] / 4, step_floor)
+        # the slab's centre at s along axis a: the fixed point now at local coordinate s must move to 0
+        for s in np.arange(low[a] + extent[a] / 4, high[a] - extent[a] / 4 + 1e-6, step):
+            offsets.append(-s * direction[:, a])
+    start_value, _ = problem.metric(transform, check_overlap=False)
+    best_value, best_offset = float(start_value[0]), offsets[0]
+    base = transform.translation.detach().clone()
+    for offset in offsets[1:]:
+        transform.translation.copy_(base + torch.as_tensor(offset, dtype=base.dtype, device=base.device))
+        value, overlap = problem.metric(transform, check_overlap=False)
+        if float(overlap) >= MIN_OVERLAP and float(value[0]) > best_value:
+            best_value, best_offset = float(value[0]), offset
+    transform.translation.copy_(base + torch.as_tensor(best_offset, dtype=base.dtype, device=base.device))
+    return {
+        "search": "translation", "axes": axes, "candidates": len(offsets), "mi_start": float(start_value[0]),
+        "mi_best": best_value, "shift_mm": float(np.linalg.norm(best_offset)),
+        "note": f"partial field of view along moving axis {axes}: {len(offsets)} starts along it, best "
+                f"shifted by {np.linalg.norm(best_offset):.1f} mm (coarse MI {float(start_value[0]):.4f} -> {best_value:.4f})",
+    }
+
+
+def _orientation_scores(
+    transform: SpatialTransform, problem: LevelProblem
+) -> tuple[float, list[tuple[float, np.ndarray]]]:
+    """MI of ``transform`` and of its re-orientations (:func:`_orientation_candidates`) about the
+    samples' centre, best first."""
+    center = problem.points[0].mean(dim=0).detach().cpu().double().numpy()
+    value, _ = problem.metric(transform, check_overlap=False)
+    scores = []
+    for rotation in _orientation_candidates(transform.ndim):
+        candidate_value, overlap = problem.metric(_rotated_about(transform, rotation, center), check_overlap=False)
+        if float(overlap) >= MIN_OVERLAP:
+            scores.append((float(candidate_value[0]), rotation))
+    scores.sort(key=lambda item: -item[0])
+    return float(value[0]), scores
+
+
+def _rotation_angle(rotation: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - (rotation.shape[0] - 2)) / 2, -1.0, 1.0))))
+
+
+@torch.no_grad()
+def _orientation_check(
+    transform: SpatialTransform, level: Level, stage: StageOptions, opts: RegistrationOptions, kind: str,
+    cache: LevelCache, history: list[dict[str, Any]], stage_index: int, retries: int = 2,
+) -> dict[str, Any]:
+    """After the coarsest level: does an axis re-orientation of its result score a higher MI?
+
+    A start more than ~45 degrees off (a header rotated by 90 or 180 degrees, swapped axes)
+    ends the coarsest level in a local optimum. The check evaluates the level's MI at the 29
+    re-orientations of :func:`_orientation_candidates` (29 evaluations). When one scores higher, the rotation search
+    runs automatically: the whole stage is run from the ``retries`` best of them, the original
+    finishes its finer levels too, and the result with the highest MI at the finest level
+    (fixed 64 bins, same samples for all) is kept. The finest level decides because a coarse
+    level can prefer a wrong orientation of a roughly symmetric object (a brain turned 180
+    degrees about its vertical axis scored 0.73 against 0.46 at 8 mm for a start still on its
+    way to the truth). ``transform`` and ``history`` then hold the winner, finer levels included.
+    Returns what it found and did (``"ran"``: the finer levels were run here).
+    """
+    import copy
+
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 1000 * stage_index, last_level=False)
+    problem.bins = history[-1]["bins"]
+    value, scores = _orientation_scores(transform, problem)
+    better = [(v, r) for v, r in scores if v > value][:retries]
+    info: dict[str, Any] = {"search": "orientation", "mi": value, "best_other": scores[0][0] if scores else None, "ran": False}
+    if not better:
+        return info
+    center = problem.points[0].mean(dim=0).detach().cpu().double().numpy()
+    last = len(stage.shrink_factors) - 1
+    judge, _ = _problem(cache.get(stage.shrink_factors[last], stage.smoothing_sigmas[last]), replace(stage, bins=AUTO_MIN_BINS),
+                        opts, seed=opts.seed + 1000 * stage_index + last, last_level=True)
+    quiet = replace(opts, verbose=False)
+    finished = []  # (transform, history entries, re-orientation angle)
+    with torch.enable_grad():
+        original = copy.deepcopy(transform)
+        trial: list[dict[str, Any]] = []
+        _run_levels(kind, original, stage, cache, quiet, trial, stage_index, levels=slice(1, None))
+        finished.append((original, [history[-1], *trial], 0.0))
+        for _, rotation in better:
+            candidate = _rotated_about(transform, rotation, center)
+            trial = []
+            _run_levels(kind, candidate, stage, cache, quiet, trial, stage_index)
+            finished.append((candidate, trial, _rotation_angle(rotation)))
+    runs = [(float(judge.metric(t, check_overlap=False)[0][0]), t, entries, angle) for t, entries, angle in finished]
+    reached, winner, entries, angle = max(runs, key=lambda run: run[0])
+    transform.load_state_dict(winner.state_dict())
+    if angle:
+        entries = [dict(entries[0], restart=f"orientation check: re-oriented by {angle:.0f} deg"), *entries[1:]]
+    history[-1:] = entries
+    reason = (f"a re-orientation of the coarsest level's result scored a higher MI "
+              f"({better[0][0]:.4f} > {value:.4f})")
+    outcome = (f"kept the start re-oriented by {angle:.0f} deg" if angle else "the original start stayed the best")
+    info.update(ran=True, retries=len(better), finest_mi={f"{a:.0f} deg": m for m, _, _, a in runs}, kept_rotation_deg=angle,
+                note=f"rotation search run automatically because {reason}; {outcome} (finest-level MI, 64 bins: "
+                     + ", ".join(f"{a:.0f} deg {m:.4f}" for m, _, _, a in runs) + ")")
+    return info
+
+
+@torch.no_grad()
+def _final_flip_check(
+    transform: SpatialTransform, cache: LevelCache, stages: list[str], opts: RegistrationOptions
+) -> dict[str, Any] | None:
+    """The quality signal of a short rotation search: the final linear mapping's MI at the coarsest
+    level of the last linear stage against its 29 re-orientations (no optimisation)."""
+    linear = [k for k in stages if k in _LINEAR_CLASSES and k != "translation"]
+    if not linear:
+        return None
+    members = getattr(transform, "transforms", [transform])
+    mapping = next((t for t in reversed(members) if t.is_linear), None)
+    if mapping is None:
+        return None
+    stage = opts.stage(linear[-1])
+    level = cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0])
+    problem, _ = _problem(level, stage, opts, seed=opts.seed + 999, last_level=False)
+    value, scores = _orientation_scores(Affine.from_transform(mapping), problem)
+    return {"mi": value, "best_other": scores[0][0] if scores else None,
+            "best_other_rotation_deg": _rotation_angle(scores[0][1]) if scores else None}
 
 
 def _deformation_penalty(deformation: SpatialTransform, grid: Grid, control_spacing: float, dtype: torch.dtype):

@@ -51,6 +51,9 @@ class RegistrationResult:
         command), None from the Python API.
     threads : int or None
         PyTorch's CPU threads (``torch.get_num_threads()``) during the registration.
+    quality : dict
+        ``{"doubtful": bool, "reasons": [str], "notes": [str], "signals": {...}}`` from
+        :func:`miregister.registration.quality.assess`: whether the result is doubtful and why.
     """
 
     transform: SpatialTransform
@@ -66,6 +69,7 @@ class RegistrationResult:
     inputs: dict[str, Any] = field(default_factory=dict)
     command_line: list[str] | None = None
     threads: int | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @property
     def matrix(self) -> np.ndarray | None:
@@ -107,6 +111,7 @@ class RegistrationResult:
             "history": self.history,
             "timings_seconds": self.timings,
             "validation": self.validation,
+            "quality": self.quality,
         }
 
     def save_transform(self, path: str | os.PathLike) -> Path:
@@ -142,6 +147,10 @@ class RegistrationResult:
         jac = self.validation.get("jacobian")
         if jac:
             lines.append(f"  Jacobian det min {jac.get('min', float('nan')):.3f}, folded fraction {jac.get('folded_fraction', float('nan')):.2e}")
+        if self.quality:
+            doubtful = self.quality.get("doubtful")
+            lines.append("  quality: " + ("DOUBTFUL: " + "; ".join(self.quality.get("reasons", [])) if doubtful else "no warning"))
+            lines.extend(f"  note: {n}" for n in self.quality.get("notes", []))
         return "\n".join(lines)
 
 
