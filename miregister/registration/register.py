@@ -736,7 +736,7 @@ def _orientation_check(
     reason = (f"a re-orientation of the coarsest level's result scored a higher MI "
               f"({better[0][0]:.4f} > {value:.4f})")
     outcome = (f"kept the start re-oriented by {angle:.0f} deg" if angle else "the original start stayed the best")
-    info.update(ran=True, retries=len(better), finest_mi={f"{a:.0f} deg": m for m, _, _, a in runs}, kept_rotation_deg=angle,
+    info.update(ran=True, retries=len(better), finest_mi=[{"rotation_deg": a, "mi": m} for m, _, _, a in runs], kept_rotation_deg=angle,
                 note=f"rotation search run automatically because {reason}; {outcome} (finest-level MI, 64 bins: "
                      + ", ".join(f"{a:.0f} deg {m:.4f}" for m, _, _, a in runs) + ")")
     return info
