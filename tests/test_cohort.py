@@ -286,6 +286,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_killing_the_runner(tmp_path):
     """SIGKILL the command once a first pair is complete: the rerun keeps the finished pairs and
     completes the others."""

@@ -244,6 +244,7 @@ def test_displacement_field_inverse_matches_sitk_filter():
     assert float((forward(inverse(points)) - points).norm(dim=-1).max()) < 1e-3
 
 
+@pytest.mark.slow
 def test_run_inverse_files_invert_the_forward(tmp_path):
     """A fixed (MNI 2 mm) -> moving chain A(x + u(x)) as a registration writes it: the inverse files
     read by SimpleITK map brain points back (0.05 mm linear, 0.2 mm deformable where det >= 0.1)."""

@@ -29,6 +29,7 @@ def _error(matrix: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:
     return float(np.linalg.norm(apply_matrix(matrix, points) - apply_matrix(truth, points), axis=1).mean())
 
 
+@pytest.mark.slow
 def test_slab_recovered_and_consistent_under_header_perturbation():
     """A 10-slice oblique slab low in the brain: the moments start is ~40 mm off along the slab
     normal; the result must be within 1 mm of the truth, and registering again after a known
@@ -55,6 +56,7 @@ def test_bias_field_affine():
     assert not result.quality["doubtful"], result.quality["reasons"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("degrees, axis", [(90.0, (1.0, 0.0, 0.0)), (180.0, (0.0, 0.0, 1.0))])
 def test_header_rotation_recovered_or_flagged(degrees, axis):
     """A header rotated by 90 / 180 degrees: recovered within 1 mm (by the automatic
