@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_INPUT, EXIT_OK, add_command
+from .common import EXIT_INPUT, EXIT_OK, add_command, int_at_least
 from .register_cmd import add_registration_options, registration_options
 
 MANIFEST_HELP = """\
@@ -29,26 +29,6 @@ exit codes:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
 def add_parser(commands) -> None:
     """Declare the ``cohort`` sub-command and its options."""
     coh = add_command(commands, "cohort", "register every pair of a CSV manifest (on a local or remote Dask cluster), resumably, with a summary")
@@ -57,15 +37,15 @@ def add_parser(commands) -> None:
     coh.add_argument("manifest", help="CSV of pairs: id,moving[,fixed,fixed_mask,moving_mask,labels,...]")
     coh.add_argument("-o", "--output", required=True, help="cohort folder: OUT/<id>/ per pair, summary.csv, summary.html")
     coh.add_argument("--template", help="fixed image of the rows without a 'fixed' value")
-    coh.add_argument("--workers", type=_positive_int,
+    coh.add_argument("--workers", type=int_at_least(1),
                      help="pairs registered at once: local worker processes (default: fitted to the CPUs), or SLURM jobs (default 4)")
-    coh.add_argument("--threads-per-worker", type=_positive_int, metavar="K",
+    coh.add_argument("--threads-per-worker", type=int_at_least(1), metavar="K",
                      help="CPU threads of each pair's registration (default: 2 locally, fitted with --workers to the CPUs; "
                           "1 on a running scheduler; cores per job on SLURM)")
     coh.add_argument("--scheduler", metavar="ADDRESS|slurm",
                      help="tcp://host:port of a running Dask scheduler, or slurm (needs dask-jobqueue; queue, account, memory "
                           "and walltime from Dask's jobqueue.slurm configuration); default: a local cluster on this machine")
-    coh.add_argument("--retries", type=_non_negative_int, default=0,
+    coh.add_argument("--retries", type=int_at_least(0), default=0,
                      help="re-run a pair whose task died of something other than its data (lost worker, out of memory) up to R times")
     add_registration_options(coh)  # its --config: masks belong in the manifest
     coh.set_defaults(run=run)

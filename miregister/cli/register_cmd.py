@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_OK, add_command
+from .common import EXIT_OK, add_command, int_at_least
 
 
 def _bins_arg(text: str) -> int | str:
@@ -37,17 +37,6 @@ def _config_arg(text: str) -> dict:
         return load_config(text)
     except UsageError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _threads_arg(text: str) -> int:
-    """``--threads``: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 def add_registration_options(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +117,7 @@ def add_parser(commands) -> None:
                           "as ANTs -r) instead of --initialization")
     reg.add_argument("--jacobian", action="store_true",
                      help="also write jacobian.nii.gz: the Jacobian determinant of the fixed->moving mapping on the fixed grid")
-    reg.add_argument("--threads", type=_threads_arg, metavar="N",
+    reg.add_argument("--threads", type=int_at_least(1), metavar="N",
                      help="CPU threads (default: the CPUs this process may use, e.g. as limited by taskset)")
     reg.add_argument("--no-auto-search", action="store_true",
                      help="skip the automatic start searches (slab translation search, orientation check after the coarsest level)")
