@@ -307,6 +307,20 @@ def _short_data(path: Path, kind: str, expected: int, have: int, header_bytes: i
     )
 
 
+def _check_data_size(path: Path, kind: str, datafile: str | None, header_bytes: int, expected: int) -> None:
+    """Refuse a text-header image whose voxel data (after the header in ``path``, or in the
+    separate ``datafile`` beside it) is missing or shorter than the ``expected`` bytes."""
+    if datafile is None:
+        have, where = path.stat().st_size - header_bytes, path
+    else:
+        where = path.parent / datafile
+        if not where.exists():
+            raise InputError(f"'{path}' is a {kind} header whose data file '{where}' is missing")
+        have, header_bytes = where.stat().st_size, 0
+    if have < expected:
+        raise _short_data(where, kind, expected, have, header_bytes)
+
+
 def _check_metaimage(path: Path) -> None:
     found = _text_header(path, lambda line: line.replace(" ", "").lower().startswith("elementdatafile="))
     if found is None:
@@ -337,19 +351,11 @@ def _check_metaimage(path: Path) -> None:
         return  # SimpleITK says what is missing
     if fields.get("compresseddata", "false").lower() == "true":
         return  # the compressed size is unknown; SimpleITK's failure is translated by the reader
-    expected = math.prod(sizes) * itemsize * channels
     datafile = fields["elementdatafile"]
-    if datafile.upper() == "LOCAL":
-        have, where = path.stat().st_size - header_bytes, path
-    elif datafile.upper().startswith("LIST") or "%" in datafile:
+    if datafile.upper().startswith("LIST") or "%" in datafile:
         return
-    else:
-        where = path.parent / datafile
-        if not where.exists():
-            raise InputError(f"'{path}' is a MetaImage header whose data file '{where}' is missing")
-        have, header_bytes = where.stat().st_size, 0
-    if have < expected:
-        raise _short_data(where, "MetaImage", expected, have, header_bytes)
+    _check_data_size(path, "MetaImage", None if datafile.upper() == "LOCAL" else datafile, header_bytes,
+                     math.prod(sizes) * itemsize * channels)
 
 
 _NRRD_TYPES = {
@@ -382,16 +388,7 @@ def _check_nrrd(path: Path) -> None:
         return
     if fields.get("encoding", "raw").lower() != "raw" or "line skip" in fields or "byte skip" in fields:
         return  # compressed or text data: SimpleITK's failure is translated by the reader
-    expected = math.prod(sizes) * itemsize
     datafile = fields.get("data file", fields.get("datafile"))
-    if datafile is None:
-        have, where = path.stat().st_size - header_bytes, path
-    elif datafile.upper().startswith("LIST") or " " in datafile:
+    if datafile is not None and (datafile.upper().startswith("LIST") or " " in datafile):
         return
-    else:
-        where = path.parent / datafile
-        if not where.exists():
-            raise InputError(f"'{path}' is a NRRD header whose data file '{where}' is missing")
-        have, header_bytes = where.stat().st_size, 0
-    if have < expected:
-        raise _short_data(where, "NRRD", expected, have, header_bytes)
+    _check_data_size(path, "NRRD", datafile, header_bytes, math.prod(sizes) * itemsize)
