@@ -187,18 +187,18 @@ def register(
                 searches.append(_translation_search(current, coarsest, stage, opts, moving_img.grid))
             if opts.rotation_search and kind != "translation" and first_linear:
                 _rotation_search(current, coarsest, stage, opts)
-            after_level = None
-            if first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1:
-                # After the coarsest level, a cheap check of its result against 29 re-orientations
-                # of it (axis swaps and flips, 45 degrees about each axis).
-                def after_level(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> bool:
-                    if level_index != 0:
-                        return False
-                    info = _orientation_check(transform, coarsest, stage, opts, kind, cache, history, index)
-                    searches.append(info)
-                    return info["ran"]  # the check ran the finer levels itself
+            # After the coarsest level, a cheap check of its result against 29 re-orientations
+            # of it (axis swaps and flips, 45 degrees about each axis).
+            def orientation_check(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> bool:
+                if level_index != 0:
+                    return False
+                info = _orientation_check(transform, coarsest, stage, opts, kind, cache, history, index)
+                searches.append(info)
+                return info["ran"]  # the check ran the finer levels itself
 
-            _run_levels(kind, current, stage, cache, opts, history, index, callback=callback, after_level=after_level)
+            check = first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1
+            _run_levels(kind, current, stage, cache, opts, history, index, callback=callback,
+                        after_level=orientation_check if check else None)
         timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
     current = current.eval()
     for parameter in current.parameters():
