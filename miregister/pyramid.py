@@ -19,10 +19,10 @@ from typing import Sequence, Union, overload
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .grid import Grid, apply_affine
+from .grid import Grid
+from .interpolation import resample_grid
 from .image import Image
 from .separable import filter_axis
 
@@ -174,23 +174,8 @@ def shrink(image: Image, factor: FloatOrSeq | None = None, spacing: Sequence[flo
     if np.allclose(new_spacing, grid.spacing, rtol=1e-12, atol=0.0):
         return image
     new_grid = grid.with_spacing(new_spacing)
-    data = _resample_to_grid(image.batch(), grid, new_grid, mode=mode)[0]
+    data = resample_grid(image.batch(), grid, new_grid, mode=mode)[0]
     return Image(data, new_grid)
-
-
-def _resample_to_grid(data: Tensor, src: Grid, dst: Grid, mode: str = "bilinear",
-                      padding_mode: str = "border") -> Tensor:
-    """Sample ``data`` ``(B, C, *src.shape)`` at the voxel centres of ``dst``: ``(B, C, *dst.shape)``.
-
-    Both grids live in the same physical space (no transform). The index -> normalised map is
-    composed in float64 so that only the final coordinates are rounded to the data dtype.
-    """
-    if not data.is_floating_point():
-        data = data.to(torch.float32)
-    matrix = src.physical_to_normalized_matrix() @ dst.index_to_physical_matrix()
-    coords = apply_affine(matrix, dst.indices(dtype=torch.float64, device=data.device))
-    coords = coords.to(data.dtype).unsqueeze(0).expand(data.shape[0], *coords.shape)
-    return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 # ---------------------------------------------------------------------------------- pyramid

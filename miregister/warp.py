@@ -4,186 +4,32 @@ Conventions
 -----------
 * A transform maps points of the *fixed* image's physical space (mm, LPS) to the *moving*
   image's space, so ``warped(x) = moving(T(x))`` for every voxel centre ``x`` of the fixed grid.
-* Image tensors are ``(B, C, *spatial)`` (``spatial = ([Z,] Y, X)``), point tensors
-  ``(B, ..., D)`` with the last axis ``(x, y[, z])`` in mm. The batch holds independent pairs;
-  a batch of 1 (image or transform) is broadcast against the other.
-* Interpolation uses ``torch.nn.functional.grid_sample`` with ``align_corners=True`` after one
-  affine map mm -> normalised coordinates built from the moving :class:`~miregister.grid.Grid`
-  (spacing, origin and direction included).
-* A point is *inside* the moving image when its continuous index lies within
-  ``[-m, size - 1 + m]`` along every axis, ``m = max(margin, 1e-3)`` (the 1e-3 voxel slack
-  absorbs round-off of points on the outermost voxel centres).
-  ``margin=0`` (default of :func:`sample` and :func:`warp`) is the hull of the voxel centres,
-  where interpolation needs no made-up values. ``margin=0.5`` is ITK/SimpleITK's rule (used by
-  :func:`resample`): points up to half a voxel beyond the outer centres take the border value.
-  Outside points get ``padding_value``.
-
-Modes
------
-``"linear"``: (bi/tri)linear. ``"nearest"``: nearest voxel; integer images keep their dtype and
-values (label maps). ``"bspline"``: cubic B-spline interpolation of the image after the exact
-B-spline interpolation prefilter (as ``scipy.ndimage.map_coordinates(order=3, mode="mirror")``
-and ``sitk.sitkBSpline``), computed here with mirror boundaries.
+* Image tensors are ``(B, C, *spatial)``; a batch of 1 (image or transform) is broadcast
+  against the other.
+* Values are interpolated by :mod:`miregister.interpolation` (the project's one sampling
+  routine; its docstring gives the inside rule, ``margin`` and the modes). :func:`warp`
+  defaults to ``margin=0`` (the hull of the voxel centres), :func:`resample` uses
+  SimpleITK's ``margin=0.5``.
 """
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cubic import bspline_prefilter, bspline_sample
+from .cubic import bspline_prefilter
 from .grid import Grid, apply_affine
 from .image import Image
+from .interpolation import INSIDE_TOLERANCE, Mode, check_mode, physical_to_normalized, sample, sample_normalized
 
-if TYPE_CHECKING:  # transforms import this module (displacement fields sample with it)
+if TYPE_CHECKING:
     from .transforms.base import SpatialTransform
 
+# ``sample``, ``bspline_prefilter`` and ``INSIDE_TOLERANCE`` stay importable from here (public API
+# since the first release); they live in :mod:`miregister.interpolation`.
 __all__ = ["sample", "warp", "resample", "bspline_prefilter", "INSIDE_TOLERANCE"]
-
-Mode = Literal["linear", "nearest", "bspline"]
-
-#: Slack (in voxels) when deciding whether a point is inside: absorbs float32 round-off of
-#: points that lie exactly on the outermost voxel centres.
-INSIDE_TOLERANCE = 1e-3
-
-
-
-# ---------------------------------------------------------------------- helpers
-def _check_mode(mode: str) -> None:
-    if mode not in ("linear", "nearest", "bspline"):
-        raise ValueError(f"mode must be 'linear', 'nearest' or 'bspline', got {mode!r}")
-
-
-@functools.lru_cache(maxsize=64)
-def _physical_to_normalized(grid: Grid) -> Tensor:
-    """Cached float64 mm -> normalised matrix of ``grid`` (Grid is frozen and hashable); read-only."""
-    return grid.physical_to_normalized_matrix()
-
-
-def _normalized_bounds(grid: Grid, margin: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-axis ``(lo, hi)`` limits, in normalised coordinates, of the inside region.
-
-    Uses the same index <-> normalised map as :meth:`Grid.normalized_to_index_matrix`
-    (``index = (n + 1) * half`` with ``half = max(size - 1, 1) / 2``).
-    """
-    slack = max(margin, INSIDE_TOLERANCE)  # a positive margin is an exact rule (ITK's), no extra slack
-    half = torch.tensor([max(s - 1, 1) / 2.0 for s in grid.size], dtype=torch.float64)
-    size = torch.tensor(grid.size, dtype=torch.float64)
-    lo = -slack / half - 1.0
-    hi = (size - 1.0 + slack) / half - 1.0
-    return lo.to(dtype=dtype, device=device), hi.to(dtype=dtype, device=device)
-
-
-def _broadcast_batch(moving: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
-    """Broadcast a batch of 1 in the image or in the coordinates against the other."""
-    bm, bc = moving.shape[0], coords.shape[0]
-    if bm == bc:
-        return moving, coords
-    if bm == 1:
-        return moving.expand(bc, *moving.shape[1:]), coords
-    if bc == 1:
-        return moving, coords.expand(bm, *coords.shape[1:])
-    raise ValueError(f"batch sizes of image ({bm}) and points/transform ({bc}) differ and neither is 1")
-
-
-def _sample_normalized(
-    moving: Tensor,
-    moving_grid: Grid,
-    coords: Tensor,
-    mode: str,
-    padding_value: float,
-    margin: float,
-    prefiltered: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Sample ``moving`` at normalised coordinates ``coords`` ``(B, ..., D)``; see :func:`sample`."""
-    _check_mode(mode)
-    d = moving_grid.ndim
-    if moving.dim() != d + 2 or tuple(moving.shape[2:]) != moving_grid.shape:
-        raise ValueError(f"moving image of shape {tuple(moving.shape)} does not match (B, C, *{moving_grid.shape})")
-    if coords.shape[-1] != d:
-        raise ValueError(f"points must have {d} coordinates in the last axis, got shape {tuple(coords.shape)}")
-    in_dtype = moving.dtype
-    if not moving.is_floating_point():  # label maps: float64 holds integers exactly
-        moving = moving.to(torch.float64)
-    coords = coords.to(moving.dtype)
-    moving, coords = _broadcast_batch(moving, coords)
-    b, c = moving.shape[:2]
-    out_shape = coords.shape[1:-1]
-
-    lo, hi = _normalized_bounds(moving_grid, margin, coords.dtype, coords.device)
-    inside = ((coords >= lo) & (coords <= hi)).all(dim=-1)
-
-    if mode == "bspline":
-        coefficients = moving if prefiltered else bspline_prefilter(moving)
-        to_index = moving_grid.normalized_to_index_matrix()
-        index = apply_affine(to_index, coords.reshape(b, -1, d))
-        values = bspline_sample(coefficients, index)
-    else:
-        # grid_sample wants (B, *out_spatial, D) with len(out_spatial) == D; flatten to a line.
-        sample_grid = coords if coords.dim() == d + 2 else coords.reshape(b, -1, *([1] * (d - 1)), d)
-        values = F.grid_sample(
-            moving,
-            sample_grid,
-            mode="bilinear" if mode == "linear" else "nearest",
-            padding_mode="border",  # values beyond the hull are masked below; border keeps gradients finite
-            align_corners=True,
-        )
-    values = values.reshape(b, c, *out_shape)
-    values = torch.where(inside.unsqueeze(1), values, torch.as_tensor(padding_value, dtype=values.dtype, device=values.device))
-    if not in_dtype.is_floating_point:  # labels stay labels; interpolated integers become float32
-        values = values.round().to(in_dtype) if mode == "nearest" else values.to(torch.float32)
-    return values, inside
-
-
-# ---------------------------------------------------------------------- public API
-def sample(
-    moving: Tensor,
-    moving_grid: Grid,
-    points: Tensor,
-    mode: Mode = "linear",
-    padding_value: float = 0.0,
-    margin: float = 0.0,
-    prefiltered: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Sample moving-image intensities at physical points.
-
-    Parameters
-    ----------
-    moving : Tensor
-        ``(B, C, *moving_grid.shape)`` image values (any dtype; integers only make sense with
-        ``mode="nearest"``, which then keeps them).
-    moving_grid : Grid
-        Geometry of ``moving`` (spacing, origin, direction; mm).
-    points : Tensor
-        ``(B, ..., D)`` physical points in the moving image's space (mm), e.g. ``T(x)`` for fixed
-        points ``x``. A batch of 1 broadcasts against the image batch and vice versa.
-    mode : {"linear", "nearest", "bspline"}
-        Interpolation.
-    padding_value : float
-        Value returned for points outside the moving image.
-    margin : float
-        Extra voxels beyond the outermost voxel centres still counted as inside (values there
-        are border-clamped); 0 = voxel-centre hull, 0.5 = SimpleITK's rule.
-    prefiltered : bool
-        For ``"bspline"`` only: ``moving`` already holds :func:`bspline_prefilter` coefficients
-        (saves the prefilter when sampling the same image repeatedly).
-
-    Returns
-    -------
-    values : Tensor
-        ``(B, C, ...)`` sampled intensities: integer images keep their dtype with ``"nearest"``
-        and become float32 otherwise; float images keep their dtype.
-        Differentiable with respect to ``points`` (and ``moving``).
-    inside : Tensor
-        ``(B, ...)`` bool, True where the point fell inside the moving image.
-    """
-    matrix = _physical_to_normalized(moving_grid)
-    work_dtype = points.dtype if points.is_floating_point() else torch.float32
-    coords = apply_affine(matrix, points.to(work_dtype))  # one fused affine: mm -> [-1, 1]
-    return _sample_normalized(moving, moving_grid, coords, mode, padding_value, margin, prefiltered)
 
 
 def _affine_grid_to_physical(grid: Grid) -> Tensor:
@@ -239,7 +85,7 @@ def warp(
     and the mm -> moving-normalised map are folded into one affine and the sampling grid is
     made by ``F.affine_grid``: no point tensor is built in mm.
     """
-    _check_mode(mode)
+    check_mode(mode)
     if fixed_grid.ndim != moving_grid.ndim:
         raise ValueError(f"fixed grid is {fixed_grid.ndim}D but moving grid is {moving_grid.ndim}D")
     if transform is not None and getattr(transform, "ndim", fixed_grid.ndim) != fixed_grid.ndim:
@@ -266,8 +112,8 @@ def warp(
         # Dense evaluation: transforms with a grid fast path (B-spline, SVF, fields) use it.
         points = fixed_grid.points(dtype=work_dtype, device=device).unsqueeze(0)
         mapped = points + transform.displacement_field(fixed_grid, dtype=work_dtype).to(device)
-        coords = apply_affine(_physical_to_normalized(moving_grid), mapped)
-    values, inside = _sample_normalized(moving, moving_grid, coords, mode, padding_value, margin)
+        coords = apply_affine(physical_to_normalized(moving_grid), mapped)
+    values, inside = sample_normalized(moving, moving_grid, coords, mode, padding_value, margin)
     return (values, inside) if return_inside else values
 
 

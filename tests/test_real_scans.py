@@ -134,7 +134,7 @@ def test_inside_helper_matches_sitk():
 def test_axis_rotations_are_the_proper_cube_rotations():
     """The orientation check's candidates: the 23 non-identity rotations of the cube group in 3D
     (3 in 2D), each orthogonal with det +1, all distinct, closed under composition with the identity."""
-    from miregister.registration.register import _axis_rotations
+    from miregister.registration.searches import axis_rotations as _axis_rotations
 
     for ndim, count in ((3, 23), (2, 3)):
         rotations = _axis_rotations(ndim)

@@ -295,7 +295,7 @@ def test_line_search_step_outside_the_moving_image_is_a_bad_value_not_an_error()
     from miregister.image import Image as Img
     from miregister.registration.levels import LevelCache
     from miregister.registration.options import build_options
-    from miregister.registration.register import _problem
+    from miregister.registration.objective import level_problem as _problem
     from miregister.transforms import Translation
 
     fixed, moving = _pair()

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from .. import mi
 from ..errors import RegistrationError
 from ..grid import Grid
-from ..warp import sample
+from ..interpolation import sample
 
 __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "RegistrationError"]
 
@@ -53,7 +53,7 @@ class DenseDeformation:
     only: its flow lives on a coarse grid, so interpolating it at 100k points is cheaper than
     filling (and back-propagating through) the full-resolution grid. ``penalty`` computes the
     regulariser (a scalar, a mean over voxels so independent of the grid's resolution) from the
-    deformation's current parameters; see ``register._deformation_penalty``.
+    deformation's current parameters; see ``stages.deformation_penalty``.
     """
 
     linear: nn.Module

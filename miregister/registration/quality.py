@@ -7,7 +7,7 @@ beside the registration itself:
 - the final overlap: the fraction of the fixed sampled region that maps inside the moving image;
 - a short rotation search: the final linear mapping's MI at the coarsest level against its 29
   re-orientations (the 23 axis-aligned ones and +-45 degrees about each axis;
-  :func:`miregister.registration.register._final_flip_check`); a higher
+  :func:`miregister.registration.searches.final_flip_check`); a higher
   MI elsewhere means the result is not the best optimum in reach;
 - the independent estimators of the validation (KDE, KNN) disagreeing with the optimised soft
   bins about whether the alignment improved;

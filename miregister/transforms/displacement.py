@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..grid import Grid
-from ..warp import sample
+from ..interpolation import sample
 from .base import SpatialTransform
 
 __all__ = ["DisplacementField", "invert_displacement", "jacobian_determinant_image"]
