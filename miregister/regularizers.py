@@ -121,15 +121,23 @@ def bending_energy(u: Tensor, grid: Grid) -> Tensor:
     # index-space Hessian, upper triangle only (symmetric)
     hessian = {(k, l): _index_derivative(first[k], grid, l) for k in range(d) for l in range(k, d)}
     del first
+    # H_phys[p, q] = sum_kl Ainv[k, p] Ainv[l, q] H_idx[k, l] over the upper triangle k <= l,
+    # the k < l terms weighted Ainv[k, p] Ainv[l, q] + Ainv[l, p] Ainv[k, q]. The weights are
+    # computed in u's dtype, read as Python numbers (the same values), and the zero ones
+    # skipped: an axis-aligned grid has one non-zero weight per (p, q), so a B-spline stage
+    # pays 6 field-sized products per evaluation instead of 36 (and as many backward ops).
+    outer = ainv[:, None, :, None] * ainv[None, :, None, :]  # [k, l, p, q] = Ainv[k, p] Ainv[l, q]
+    weights = [outer.tolist(), (outer + outer.transpose(0, 1)).tolist()]
     total = u.new_zeros(u.shape[:-1])
     for p in range(d):
         for q in range(p, d):
-            # H_phys[p, q] = sum_kl Ainv[k, p] Ainv[l, q] H_idx[k, l]
-            term = 0.0
+            term = None
             for (k, l), h in hessian.items():
-                weight = ainv[k, p] * ainv[l, q] + (ainv[l, p] * ainv[k, q] if k != l else 0.0)
-                term = term + weight * h
-            total = total + (1.0 if p == q else 2.0) * term.square().sum(dim=-1)
+                weight = weights[k != l][k][l][p][q]
+                if weight != 0.0:
+                    term = weight * h if term is None else term + weight * h
+            if term is not None:
+                total = total + (1.0 if p == q else 2.0) * term.square().sum(dim=-1)
     return total.flatten(1).mean(dim=1)
 
 
