@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .kernels import KernelArg, axis_kernels, kernel_taps
@@ -140,11 +141,10 @@ class _ParzenJointHistogram(torch.autograd.Function):
             index = _cell_index(ax.start, ay.start, bins)
             table.scatter_add_(1, index.expand(sx * sy, -1), vals)
         assert table is not None
-        table = table.view(sx, sy, batch, bins + 1, bins + 1)
-        padded = torch.zeros(batch, bins + sx, bins + sy, dtype=tx.dtype, device=tx.device)
-        for a in range(sx):
-            for b in range(sy):
-                padded[:, a : a + bins + 1, b : b + bins + 1] += table[a, b]
+        # padded[:, a + i, b + j] = sum over (a, b) of table[(a, b), (batch, i, j)]: one col2im
+        # (``fold``) instead of Sx*Sy slice additions, the same sums in the same (a, b) order.
+        columns = table.view(sx * sy, batch, (bins + 1) ** 2).transpose(0, 1)
+        padded = F.fold(columns, (bins + sx, bins + sy), (sx, sy))[:, 0]
         fold_x = _fold_map(bins, sx, shift_x, tx.device)
         fold_y = _fold_map(bins, sy, shift_y, tx.device)
         hist = torch.zeros(batch, bins, bins + sy, dtype=tx.dtype, device=tx.device).index_add_(1, fold_x, padded)
@@ -174,9 +174,7 @@ class _ParzenJointHistogram(torch.autograd.Function):
                 fold_x = _fold_map(bins, sx, shift_x, tx.device)
                 fold_y = _fold_map(bins, sy, shift_y, tx.device)
                 padded = grad_hist.to(tx.dtype)[:, fold_x][:, :, fold_y]
-                blocks = torch.stack(
-                    [padded[:, a : a + bins + 1, b : b + bins + 1] for a in range(sx) for b in range(sy)]
-                ).reshape(sx * sy, -1)
+                blocks = F.unfold(padded[:, None], (sx, sy)).transpose(0, 1).reshape(sx * sy, -1)  # im2col
             index = _cell_index(ax.start, ay.start, bins)
             g = blocks.index_select(1, index).view(sx, sy, *ax.start.shape)  # (Sx, Sy, B, n)
             gy = (g * ay.weights.unsqueeze(0)).sum(1)  # contracted over the y taps: (Sx, B, n)
