@@ -19,7 +19,8 @@ data/mni152_t2like_moved_2mm.nii.gz moving; 2 mm, 98 x 116 x 94):
     each and the CPU seconds (user + sys) of both together (threads that spin while waiting
     show up as extra CPU seconds); miregister also with torch's default OpenMP waiting
     (``GOMP_SPINCOUNT=300000``) instead of the command line's ``OMP_WAIT_POLICY=PASSIVE``, to
-    show what passive waiting costs alone and saves together;
+    show what passive waiting costs alone and saves together, and with ``--threads 1`` (no
+    parallel region to wait for), affine and deformable, to weigh a single-threaded default;
 and the import time of ``import miregister`` and ``miregister --help``.
 
 Thread counts are each tool's default (miregister: the CPUs this process may use; SimpleITK
@@ -99,6 +100,10 @@ print(json.dumps({"registration_s": elapsed}))
 
 #: Row name of the miregister run with OpenMP threads that spin between parallel regions.
 SPINNING = "miregister affine --no-qc, GOMP_SPINCOUNT=300000 (torch's default waiting)"
+SPINNING_DEFORMABLE = "miregister rigid+affine+bspline, GOMP_SPINCOUNT=300000"
+#: Row names of the single-threaded runs (``--threads 1``).
+SERIAL = "miregister affine --no-qc --threads 1"
+SERIAL_DEFORMABLE = "miregister rigid+affine+bspline --threads 1"
 
 
 # ------------------------------------------------------------------------------ running
@@ -148,15 +153,17 @@ class Tools:
         folder.mkdir()
         return folder
 
-    def miregister(self, transform: str, qc: bool) -> tuple[list[str], Path]:
+    def miregister(self, transform: str, qc: bool, threads: int | None = None) -> tuple[list[str], Path]:
+        """The command line; ``threads`` overrides the run's ``--threads`` for this row."""
         out = self._folder()
         command = [*MIREGISTER, "register", str(FIXED), str(MOVING), "-t", transform, "-o", str(out), "-q"]
         if not qc:
             command.append("--no-qc")
         if self.quick:
             command += ["--iterations", "3"]
-        if self.threads is not None:
-            command += ["--threads", str(self.threads)]
+        threads = self.threads if threads is None else threads
+        if threads is not None:
+            command += ["--threads", str(threads)]
         return command, out
 
     def simpleitk(self) -> tuple[list[str], Path]:
@@ -247,9 +254,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # line asks for passive waiting unless the user set one of these), to weigh that choice.
         spinning = {**env, "GOMP_SPINCOUNT": "300000"}
         runs[SPINNING] = measure_alone(lambda: tools.miregister("affine", qc=False), repeats, spinning)
+        # One thread: no parallel region wakes a sleeping thread (the cost of passive waiting
+        # on the B-spline stage's many mid-sized ops), at the price of the parallel kernels.
+        runs[SERIAL] = measure_alone(lambda: tools.miregister("affine", qc=False, threads=1), repeats, env)
+        if not args.skip_deformable:
+            runs[SPINNING_DEFORMABLE] = measure_alone(
+                lambda: tools.miregister("rigid+affine+bspline", qc=True), repeats, spinning
+            )
+            runs[SERIAL_DEFORMABLE] = measure_alone(
+                lambda: tools.miregister("rigid+affine+bspline", qc=True, threads=1), repeats, env
+            )
         pairs = {
             "miregister affine --no-qc": measure_pair(lambda: tools.miregister("affine", qc=False), repeats, env),
             SPINNING: measure_pair(lambda: tools.miregister("affine", qc=False), repeats, spinning),
+            SERIAL: measure_pair(lambda: tools.miregister("affine", qc=False, threads=1), repeats, env),
             "SimpleITK affine script": measure_pair(tools.simpleitk, repeats, env),
         }
         imports = import_times(max(repeats, 3), env)
@@ -275,8 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(rigid + affine + SyN) with its defaults.",
         end_to_end,
         "Two runs started together on the same CPUs; spinning threads show as extra CPU seconds. The "
-        "GOMP_SPINCOUNT row is miregister with torch's default OpenMP waiting (spin, then sleep), which the command "
-        "line replaces by OMP_WAIT_POLICY=PASSIVE unless the user sets either variable:",
+        "GOMP_SPINCOUNT rows are miregister with torch's default OpenMP waiting (spin, then sleep), which the command "
+        "line replaces by OMP_WAIT_POLICY=PASSIVE unless the user sets either variable; the --threads 1 rows "
+        "run one thread (no parallel region, so nothing to wait for):",
         concurrent,
         "Start-up:",
         startup,
