@@ -220,7 +220,8 @@ def qc_figure(result: RegistrationResult):
             ax.set_title(f"Jacobian det: {plane['view']}", **_TITLE)
         fig.colorbar(shown, cax=_colorbar_axes(fig, axes[2, len(planes) - 1]), label="det J (1 = no change)")
         ax = axes[2, len(planes)]
-        ax.hist(jacobian.ravel(), bins=100, color="0.4")
+        counts, edges = np.histogram(jacobian[np.isfinite(jacobian)], bins=100)
+        ax.stairs(counts, edges, fill=True, color="0.4")  # one artist, not 100 bar patches
         ax.axvline(1.0, color="k", lw=0.8)
         folded = float((jacobian <= 0).mean())
         ax.set_title(f"det J over the fixed grid\nmin {low:.2f}, max {high:.2f}, folded {folded:.1e}", **_TITLE)
