@@ -38,6 +38,11 @@ def _distance(a, b, points: np.ndarray) -> float:
     return float(np.linalg.norm(_mapped(a, points) - other, axis=1).mean())
 
 
+def _start_error(truth: sitk.Transform, points: np.ndarray) -> float:
+    """Mean |truth(x) - x| (mm): the error of the identity mapping."""
+    return float(np.linalg.norm(np.array([truth.TransformPoint(x.tolist()) for x in points]) - points, axis=1).mean())
+
+
 def _grid_points(image: sitk.Image) -> np.ndarray:
     return physical_points(image, np.ones(sitk.GetArrayViewFromImage(image).shape, dtype=bool))
 
@@ -77,8 +82,7 @@ def test_template_affine_batch_matches_single_runs_and_truth(brain, recorded):
     grid = _grid_points(fixed)
     for result, single, truth in zip(results, singles, truths):
         assert _distance(result, single, grid) < 0.01
-        start = float(np.linalg.norm(np.array([truth.TransformPoint(x.tolist()) for x in points]) - points, axis=1).mean())
-        assert _distance(result, truth, points) < min(1.0, 0.25 * start)
+        assert _distance(result, truth, points) < min(1.0, 0.25 * _start_error(truth, points))
         # the same pipeline: validation and quality as the single run's
         assert result.validation["after"]["soft_bins"] == pytest.approx(single.validation["after"]["soft_bins"], abs=1e-3)
         assert result.quality["doubtful"] == single.quality["doubtful"]
@@ -103,7 +107,7 @@ def test_list_of_fixed_images_rigid_affine(brain):
     for f, m, result, truth in zip(fixeds, movings, results, truths):
         single = miregister.register(f, m, "rigid+affine", **FAST_3D)
         assert _distance(result, single, grid) < 0.01
-        assert _distance(result, truth, points) < 1.0
+        assert _distance(result, truth, points) < min(1.5, 0.25 * _start_error(truth, points))
 
 
 def test_2d_affine_and_bspline():
@@ -149,11 +153,10 @@ def test_failing_pairs_fail_alone(monkeypatch):
     fixed = read("mni152_t1_slice.nii.gz")
     source = read("mni152_t2like_slice.nii.gz")
     c = _centre(fixed)
-    truths = [affine_about(rotation_2d(5), (3, -2), c), affine_about(np.eye(2), (1000, 0), c),
+    truths = [affine_about(rotation_2d(5), (3, -2), c), affine_about(np.eye(2), (0, 0), c),
               affine_about(rotation_2d(-4), (-2, 3), c), affine_about(np.eye(2), (2, 2), c)]
     movings = [moved(source, t) for t in truths]
-    movings[1] = source  # the far pair: the source with its origin moved 1000 mm
-    movings[1] = sitk.Image(source)
+    # the far pair: its origin moved 1000 mm
     movings[1].SetOrigin([o + s for o, s in zip(source.GetOrigin(), (1000.0, 0.0))])
     movings[3] = movings[3] * 7.0  # recognisable by its intensity range below
     options = dict(FAST_2D, initialization="none")  # a centre initialisation would rescue the far pair
