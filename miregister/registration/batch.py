@@ -138,6 +138,7 @@ class Batcher:
                     self._evaluate_group(group)
                 except Exception:  # e.g. out of memory in the batched pass: pair by pair
                     for request in group:
+                        request.loss, request.error = None, None
                         _evaluate_single(request)
         finally:
             for request in batch:
@@ -173,7 +174,7 @@ class Batcher:
             size = max(int(p.points.shape[1]) for p in problems)
             # Each pair's own moving grid: mm -> normalised coordinates as interpolation.sample does.
             coords = torch.cat([
-                _pad(apply_affine(physical_to_normalized(p.moving_grid), m.to(m.dtype)), size) for p, (_, m) in zip(problems, live)
+                _pad(apply_affine(physical_to_normalized(p.moving_grid), m), size) for p, (_, m) in zip(problems, live)
             ])
             values, inside = sample_normalized(
                 self._stack(tuple(p.moving for p in problems)), first.moving_grid, coords,

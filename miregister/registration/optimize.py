@@ -24,17 +24,17 @@ from ..interpolation import sample
 
 __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "RegistrationError"]
 
+# Parameters whose unit is dimensionless (radians, matrix entries, log-scale): scaled by radius.
+_ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
+#: Fraction of the fixed samples that must map inside the moving image for a usable metric.
+MIN_OVERLAP = 0.02
+
 
 def _active_batcher():
     """The calling thread's batcher of :func:`~miregister.registration.batch.register_batch`, or None."""
     from .batch import active_batcher  # batch imports this module
 
     return active_batcher()
-
-# Parameters whose unit is dimensionless (radians, matrix entries, log-scale): scaled by radius.
-_ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
-#: Fraction of the fixed samples that must map inside the moving image for a usable metric.
-MIN_OVERLAP = 0.02
 
 
 class _Scaled(nn.Module):
@@ -239,6 +239,12 @@ def optimize_level(
     -------
     list of float
         The metric (MI, nats) after each evaluation.
+
+    Notes
+    -----
+    In a thread of :func:`~miregister.registration.batch.register_batch` each evaluation of the
+    loss is handed to the batch (evaluated with the other pairs' in one pass); the optimiser,
+    its state and its stopping rule stay this pair's own.
     """
     if iterations <= 0:
         return []
