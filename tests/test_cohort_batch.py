@@ -95,3 +95,26 @@ def test_batch_must_be_a_positive_integer(tmp_path):
     manifest = _write_manifest(tmp_path / "m.csv", ["id", "moving"], [["s", "x.nii.gz"]])
     with pytest.raises(UsageError, match="batch must be a positive integer"):
         register_cohort(manifest, tmp_path / "out", template=T1_SLICE, batch=0)
+
+
+def test_unexpected_error_of_one_pair_keeps_the_batch_s_written_pairs(tmp_path, local_client, monkeypatch):  # noqa: F811
+    """A pair dying of something other than its data (here a RuntimeError) makes its batch's task
+    fail after the other pairs' folders are written: those keep their rows, it gets a failed row."""
+    from miregister.registration import batch as batch_module
+
+    real = batch_module.register_batch
+
+    def one_dies(*args, **kwargs):
+        outcomes = real(*args, **kwargs)
+        outcomes[1] = RuntimeError("the disk went away")
+        return outcomes
+
+    monkeypatch.setattr(batch_module, "register_batch", one_dies)
+    for name, shift in SHIFTS.items():
+        _shifted(T2_SLICE, shift, tmp_path / f"{name}.nii.gz")
+    manifest = _write_manifest(tmp_path / "m.csv", ["id", "moving"], [[n, f"{n}.nii.gz"] for n in SHIFTS])
+    result = register_cohort(manifest, tmp_path / "out", template=T1_SLICE, client=local_client, batch=3, qc=False, **FAST)
+    assert [r["status"] for r in result.rows] == ["ok", "failed", "ok"]
+    assert "RuntimeError: the disk went away" in result.rows[1]["error"]
+    assert not (tmp_path / "out" / "b" / "cohort.json").exists()
+    assert all((tmp_path / "out" / n / "cohort.json").is_file() for n in ("a", "c"))
