@@ -196,22 +196,22 @@ class Batcher:
                 y_range=torch.cat([p.moving_range for p in problems]), validate=False,
             )
             overlaps = overlap.tolist()
-            total = None
-            for index, (request, problem) in enumerate(zip(requests, problems)):
+            losses = []
+            for index, problem in enumerate(problems):
                 if overlaps[index] < MIN_OVERLAP:  # as LevelProblem.loss: 0, no gradient
-                    request.loss = torch.zeros((), dtype=value.dtype, device=value.device)
+                    losses.append(torch.zeros((), dtype=value.dtype, device=value.device))
                     continue
                 loss = -value[index]
                 if problem.dense is not None and problem.dense.penalty is not None and problem.penalty_weight > 0:
                     loss = loss + problem.penalty_weight * problem.dense.penalty()
-                request.loss = loss
-            finite = [r for r in requests if r.loss.requires_grad and bool(torch.isfinite(r.loss))]
-            for request in finite:
-                total = request.loss if total is None else total + request.loss
-            if total is not None:
-                total.backward()
-            for request in requests:
-                request.loss = request.loss.detach()
+                losses.append(loss)
+            finite = torch.isfinite(torch.stack([loss.detach() for loss in losses])).tolist()  # one sync for all
+            # Pairs share no parameter: the sum's gradient is each pair's own loss's gradient.
+            parts = [loss for loss, ok in zip(losses, finite) if ok and loss.requires_grad]
+            if parts:
+                torch.stack(parts).sum().backward()
+            for request, loss in zip(requests, losses):
+                request.loss = loss.detach()
         self.sizes.append(len(requests))
 
 
