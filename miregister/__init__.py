@@ -7,7 +7,7 @@ grid, image   physical-space grids and images (ITK/LPS, mm)
 io            reading and writing images and transforms
 transforms    linear, B-spline and velocity-field transforms (fixed -> moving)
 warp          resampling images through transforms
-registration  ``register(fixed, moving)`` and its result
+registration  ``register(fixed, moving)``, ``register_batch`` and their result
 
 Names are imported on first use (PEP 562 ``__getattr__``): ``import miregister`` costs
 milliseconds, and ``miregister --help`` does not load torch, SimpleITK or scipy.
@@ -26,6 +26,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Grid": (".grid", "Grid"),
     "Image": (".image", "Image"),
     "register": (".registration", "register"),
+    "register_batch": (".registration", "register_batch"),
     "RegistrationResult": (".registration", "RegistrationResult"),
     "read_image": (".io", "read_image"),
     "write_image": (".io", "write_image"),
@@ -40,7 +41,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 }
 
 __all__ = [
-    "Grid", "Image", "register", "RegistrationResult", "register_cohort",
+    "Grid", "Image", "register", "register_batch", "RegistrationResult", "register_cohort",
     "MiregisterError", "UsageError", "InputError", "RegistrationError", "OutputError",
     "read_image", "write_image", "read_transform", "write_transform",
     "io", "mi", "transforms", "warp", "__version__",
@@ -67,6 +68,6 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from .grid import Grid
     from .image import Image
     from .io import read_image, write_image
-    from .registration import RegistrationResult, register
+    from .registration import RegistrationResult, register, register_batch
     from .cohort import register_cohort
     from .transforms.io import read_transform, write_transform

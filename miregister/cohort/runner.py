@@ -1,6 +1,7 @@
 """``register_cohort``: register every pair of a manifest on a Dask cluster, resumably.
 
-One Dask task per pair: it calls :func:`miregister.register`, writes ``OUT/<id>/`` with
+One Dask task per pair (or per batch of same-grid pairs, ``batch``): it calls
+:func:`miregister.register` (:func:`miregister.register_batch`), writes ``OUT/<id>/`` with
 :func:`miregister.outputs.write_run` (all or nothing), warps the pair's label map if any, and
 writes ``OUT/<id>/cohort.json`` last (the pair's completion and resume record, see
 :mod:`miregister.cohort.files`). A pair whose registration fails becomes a summary row with its
@@ -26,7 +27,7 @@ from .files import MARKER, read_marker, write_marker
 from .manifest import Pair, read_manifest
 from .summary import failed_row, pending_row, row_from_report, write_summary_csv, write_summary_html
 
-__all__ = ["register_cohort", "CohortResult", "run_pair", "fit_workers", "pair_fingerprint"]
+__all__ = ["register_cohort", "CohortResult", "run_pair", "run_batch", "fit_workers", "pair_fingerprint"]
 
 LABELS_WARPED = "labels_warped.nii.gz"
 #: Dask worker resource of SLURM jobs: one pair at a time per job.
@@ -219,6 +220,48 @@ def _write_labels(result: Any, labels: str, folder: Path) -> Path:
     return atomic_write(folder / LABELS_WARPED, lambda staged: write_image(warped, staged, dtype=pixel))
 
 
+def _pair_options(options: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """The keyword options of a pair's registration on a worker: quiet, on ``threads`` threads."""
+    kwargs = dict(options)
+    kwargs["verbose"] = False
+    if threads is not None:
+        kwargs["threads"] = threads
+    return kwargs
+
+
+def _write_pair(
+    pair: Pair, out: Path, outcome: Any, transform_format: str | None, qc: bool,
+    fingerprint: dict[str, Any], run: dict[str, Any], start: float,
+) -> dict[str, Any]:
+    """Write a registered pair's folder from ``outcome`` (its result, or the exception its
+    registration raised) and return its summary row; see :func:`run_pair` for which errors
+    give a failed row and which propagate."""
+    from ..outputs import write_run
+
+    try:
+        if isinstance(outcome, BaseException):
+            result = getattr(outcome, "result", None)  # a doubtful result under strict=True: keep it for review
+            if not isinstance(outcome, RegistrationError) or result is None:
+                raise outcome
+        else:
+            result = outcome
+        # overwrite: the folder is this pair's; what is in it is a stale try
+        written = [Path(p).name for p in write_run(result, out, transform_format=transform_format, qc=qc, overwrite=True)]
+        if pair.labels is not None:
+            written.append(_write_labels(result, pair.labels, out).name)
+    except (MiregisterError, ValueError, TypeError) as error:
+        run["seconds"] = time.perf_counter() - start
+        return failed_row(pair, _message(error), run)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    run["seconds"] = time.perf_counter() - start
+    row = row_from_report(pair, report, run)
+    write_marker(out, {
+        "fingerprint": fingerprint, "outputs": written,
+        "run": {k: row.get(k) for k in ("status", "error", "seconds", "worker", "threads")},
+    })
+    return row
+
+
 def run_pair(
     pair: Pair,
     folder: str,
@@ -237,40 +280,60 @@ def run_pair(
     memory, a file system hiccup) propagates, so Dask's ``retries`` can run the pair again.
     """
     from .. import register
-    from ..outputs import write_run
 
     start = time.perf_counter()
     out = Path(folder)
-    run = {"worker": _worker_name(), "threads": threads}
     # The folder is being (re)done: its old completion record goes first, so a kill from here
     # on leaves the pair to be redone.
     (out / MARKER).unlink(missing_ok=True)
-    kwargs = dict(options)
-    kwargs["verbose"] = False
-    if threads is not None:
-        kwargs["threads"] = threads
     try:
-        try:
-            result = register(pair.fixed, pair.moving, transform, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask, **kwargs)
-        except RegistrationError as error:
-            result = getattr(error, "result", None)  # a doubtful result under strict=True: keep it for review
-            if result is None:
-                raise
-        # overwrite: the folder is this pair's; what is in it is a stale try
-        written = [Path(p).name for p in write_run(result, out, transform_format=transform_format, qc=qc, overwrite=True)]
-        if pair.labels is not None:
-            written.append(_write_labels(result, pair.labels, out).name)
+        outcome: Any = register(pair.fixed, pair.moving, transform, fixed_mask=pair.fixed_mask,
+                                moving_mask=pair.moving_mask, **_pair_options(options, threads))
     except (MiregisterError, ValueError, TypeError) as error:
-        run["seconds"] = time.perf_counter() - start
-        return failed_row(pair, _message(error), run)
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    run["seconds"] = time.perf_counter() - start
-    row = row_from_report(pair, report, run)
-    write_marker(out, {
-        "fingerprint": fingerprint, "outputs": written,
-        "run": {k: row.get(k) for k in ("status", "error", "seconds", "worker", "threads")},
-    })
-    return row
+        outcome = error
+    return _write_pair(pair, out, outcome, transform_format, qc, fingerprint,
+                       {"worker": _worker_name(), "threads": threads}, start)
+
+
+def run_batch(
+    pairs: list[Pair],
+    folders: list[str],
+    transform: str,
+    options: dict[str, Any],
+    transform_format: str | None,
+    qc: bool,
+    threads: int | None,
+    fingerprints: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Register pairs together with :func:`~miregister.registration.batch.register_batch`
+    (one batched metric pass for all, e.g. on a GPU) and write each pair's folder exactly as
+    :func:`run_pair` does; return their rows. A pair's ``seconds`` is the whole batch's time.
+
+    A data or registration error fails only its own pair's row; any other exception of a pair
+    is raised after every other pair's folder is written (Dask's ``retries`` then redo the batch).
+    """
+    from ..registration.batch import register_batch
+
+    start = time.perf_counter()
+    outs = [Path(f) for f in folders]
+    for out in outs:
+        (out / MARKER).unlink(missing_ok=True)
+    outcomes = register_batch(
+        [p.fixed for p in pairs], [p.moving for p in pairs], transform,
+        fixed_masks=[p.fixed_mask for p in pairs], moving_masks=[p.moving_mask for p in pairs],
+        return_exceptions=True, **_pair_options(options, threads),
+    )
+    worker = _worker_name()
+    rows, unexpected = [], None
+    for pair, out, outcome, fingerprint in zip(pairs, outs, outcomes, fingerprints):
+        try:
+            rows.append(_write_pair(pair, out, outcome, transform_format, qc, fingerprint,
+                                    {"worker": worker, "threads": threads}, start))
+        except Exception as error:  # noqa: BLE001 - raised below, after the other pairs are written
+            unexpected = unexpected or error
+    if unexpected is not None:
+        raise unexpected
+    return rows
 
 
 def _message(error: BaseException) -> str:
@@ -290,6 +353,7 @@ def register_cohort(
     scheduler: str | None = None,
     retries: int = 0,
     *,
+    batch: int = 1,
     transform_format: str | None = None,
     qc: bool = True,
     verbose: bool = False,
@@ -330,6 +394,11 @@ def register_cohort(
     retries : int
         Times Dask re-runs a pair whose task died of something other than a data or
         registration error (a lost worker, an out-of-memory error).
+    batch : int
+        Pairs registered together in one task (:func:`miregister.register_batch`: one batched
+        metric pass for all, for a GPU worker): pairs with the same fixed grid and moving
+        image size are grouped, ``batch`` at a time. 1 (default): one task per pair. Each
+        pair's folder is written as with 1; its ``seconds`` is then its batch's.
     transform_format : {"tfm", "mat", "h5"}, optional
         As :func:`miregister.outputs.write_run`.
     qc : bool
@@ -355,6 +424,8 @@ def register_cohort(
 
     if not isinstance(retries, int) or retries < 0:
         raise UsageError(f"retries must be a non-negative integer, got {retries!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"batch must be a positive integer, got {batch!r}")
     options.pop("verbose", None)
     try:
         build_options(parse_stages(transform), **options)  # every option checked before any work
@@ -376,14 +447,12 @@ def register_cohort(
     rows: list[dict[str, Any]] = []
     todo: list[int] = []
     for index, (pair, fingerprint) in enumerate(zip(pairs, fingerprints)):
-        folder = out / pair.id
-        marker = _resumable(folder, fingerprint)
-        if marker is None:
+        row = _kept_row(pair, out / pair.id, fingerprint, resumed=True)
+        if row is None:
             rows.append(pending_row(pair))
             todo.append(index)
             continue
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        rows.append(row_from_report(pair, report, {**marker.get("run", {}), "resumed": True}))
+        rows.append(row)
     write_summary_csv(rows, csv_path, extra_columns)
 
     progress = None
@@ -394,8 +463,8 @@ def register_cohort(
     try:
         if todo:
             with _cluster_client(client, scheduler, workers, threads_per_worker, len(todo)) as (dask_client, threads, resources):
-                _run_all(dask_client, pairs, todo, fingerprints, rows, out, transform, options, transform_format, qc,
-                         threads, retries, resources, csv_path, extra_columns, progress)
+                _run_all(dask_client, pairs, _batches(pairs, todo, batch), fingerprints, rows, out, transform, options,
+                         transform_format, qc, threads, retries, resources, csv_path, extra_columns, progress)
     finally:
         if progress is not None:
             progress.close()
@@ -404,32 +473,81 @@ def register_cohort(
     return CohortResult(rows, csv_path, html_path)
 
 
-def _run_all(client, pairs, todo, fingerprints, rows, out, transform, options, transform_format, qc, threads, retries,
+def _kept_row(pair: Pair, folder: Path, fingerprint: dict[str, Any], resumed: bool) -> dict[str, Any] | None:
+    """The row of a pair whose folder holds a complete result for ``fingerprint``, else None."""
+    marker = _resumable(folder, fingerprint)
+    if marker is None:
+        return None
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return row_from_report(pair, report, {**marker.get("run", {}), "resumed": resumed})
+
+
+def _same_grid_key(path: str | None) -> tuple:
+    """What pairs batched together share: an image file's grid from its header (size, spacing,
+    origin, direction), or its path where the header cannot be read alone (a DICOM folder)."""
+    import SimpleITK as sitk
+
+    if path is None or os.path.isdir(path):
+        return (path,)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return (path,)
+    return (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def _batches(pairs: list[Pair], todo: list[int], batch: int) -> list[list[int]]:
+    """The pairs to do in tasks: one each (``batch`` 1), else groups of up to ``batch`` pairs with
+    the same fixed grid and moving image size, in manifest order."""
+    if batch == 1:
+        return [[index] for index in todo]
+    groups: dict[tuple, list[int]] = {}
+    for index in todo:
+        key = (_same_grid_key(pairs[index].fixed), _same_grid_key(pairs[index].moving)[0])
+        groups.setdefault(key, []).append(index)
+    return [members[i:i + batch] for members in groups.values() for i in range(0, len(members), batch)]
+
+
+def _run_all(client, pairs, tasks, fingerprints, rows, out, transform, options, transform_format, qc, threads, retries,
              resources, csv_path, extra_columns, progress) -> None:
-    """Submit the pairs to be done and record each row as it finishes."""
+    """Submit the pairs to be done (one task per list of ``tasks``) and record each row as it finishes."""
     import uuid
 
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
-    futures, index_of = [], {}
-    for index in todo:
-        pair = pairs[index]
-        future = client.submit(
-            run_pair, pair, str(out / pair.id), transform, options, transform_format, qc, threads, fingerprints[index],
-            key=f"miregister-pair-{index}-{token}", retries=retries, pure=False, resources=resources,
-        )
+    futures, members = [], {}
+    for indices in tasks:
+        key = f"miregister-pair-{'-'.join(map(str, indices))}-{token}"
+        if len(indices) == 1:
+            pair = pairs[indices[0]]
+            future = client.submit(
+                run_pair, pair, str(out / pair.id), transform, options, transform_format, qc, threads,
+                fingerprints[indices[0]], key=key, retries=retries, pure=False, resources=resources,
+            )
+        else:
+            future = client.submit(
+                run_batch, [pairs[i] for i in indices], [str(out / pairs[i].id) for i in indices], transform, options,
+                transform_format, qc, threads, [fingerprints[i] for i in indices],
+                key=key, retries=retries, pure=False, resources=resources,
+            )
         futures.append(future)
-        index_of[future.key] = index
+        members[future.key] = indices
     for future in as_completed(futures):
-        index = index_of[future.key]
+        indices = members[future.key]
         try:
-            rows[index] = future.result()
-        except Exception as error:  # the task died after its retries: a failed row, never a crashed run
-            rows[index] = failed_row(pairs[index], _message(error), {})
+            done = future.result()
+            for index, row in zip(indices, done if isinstance(done, list) else [done]):
+                rows[index] = row
+        except Exception as error:  # the task died after its retries: failed rows, never a crashed run
+            for index in indices:  # a batch's pairs written before it died keep their result
+                kept = _kept_row(pairs[index], out / pairs[index].id, fingerprints[index], resumed=False)
+                rows[index] = kept or failed_row(pairs[index], _message(error), {})
         write_summary_csv(rows, csv_path, extra_columns)
         if progress is not None:
-            progress.update(1)
+            progress.update(len(indices))
             failed = sum(1 for r in rows if r["status"] == "failed")
             if failed:
                 progress.set_postfix(failed=failed)

@@ -1,7 +1,8 @@
-"""Registration: ``register(fixed, moving)``, its options and its result."""
+"""Registration: ``register(fixed, moving)``, ``register_batch`` (B pairs in one batched pass), its options and its result."""
 from ..errors import RegistrationError
 from .options import RegistrationOptions, StageOptions
+from .batch import register_batch
 from .register import IterationInfo, register
 from .result import RegistrationResult
 
-__all__ = ["register", "IterationInfo", "RegistrationResult", "RegistrationOptions", "StageOptions", "RegistrationError"]
+__all__ = ["register", "register_batch", "IterationInfo", "RegistrationResult", "RegistrationOptions", "StageOptions", "RegistrationError"]

@@ -9,6 +9,7 @@ meaningful for all parameters together (SimpleITK calls this "parameter scales")
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,13 @@ __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "RegistrationEr
 _ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
 #: Fraction of the fixed samples that must map inside the moving image for a usable metric.
 MIN_OVERLAP = 0.02
+
+
+def _active_batcher():
+    """The calling thread's batcher of :func:`~miregister.registration.batch.register_batch`, or None."""
+    from .batch import active_batcher  # batch imports this module
+
+    return active_batcher()
 
 
 class _Scaled(nn.Module):
@@ -231,6 +239,12 @@ def optimize_level(
     -------
     list of float
         The metric (MI, nats) after each evaluation.
+
+    Notes
+    -----
+    In a thread of :func:`~miregister.registration.batch.register_batch` each evaluation of the
+    loss is handed to the batch (evaluated with the other pairs' in one pass); the optimiser,
+    its state and its stopping rule stay this pair's own.
     """
     if iterations <= 0:
         return []
@@ -240,34 +254,41 @@ def optimize_level(
     for module, name, scale in targets:
         parametrize.register_parametrization(module, name, _Scaled(problem.radius if scale is None else scale))
     history: list[float] = []
+    # register_batch: this pair's evaluations join the other pairs' in one batched pass.
+    batcher = _active_batcher()
     try:
         variables = [p for p in transform.parameters() if p.requires_grad]
 
         def closure() -> Tensor:
             opt.zero_grad()
-            loss = problem.loss(transform)
+            if batcher is not None:  # the batcher has already accumulated this pair's gradient
+                loss = batcher.loss(problem, transform)
+            else:
+                loss = problem.loss(transform)
             if not torch.isfinite(loss):
                 raise RegistrationError("the metric became NaN or infinite during optimisation")
-            loss.backward()
+            if batcher is None:
+                loss.backward()
             history.append(-float(loss.detach()))
             if on_iteration is not None:
                 on_iteration(history[-1])
             return loss
 
-        if optimizer == "lbfgs":
-            opt = _LBFGS(
-                variables, lr=1.0, max_iter=iterations, max_eval=int(iterations * 1.25) + 1,
-                tolerance_grad=1e-9, tolerance_change=1e-8, history_size=20, line_search_fn="strong_wolfe",
-            )
-            opt.step(closure)
-        elif optimizer == "adam":
-            opt = torch.optim.Adam(variables, lr=0.5)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations, eta_min=0.01)
-            for _ in range(iterations):
+        with batcher.participant() if batcher is not None else contextlib.nullcontext():
+            if optimizer == "lbfgs":
+                opt = _LBFGS(
+                    variables, lr=1.0, max_iter=iterations, max_eval=int(iterations * 1.25) + 1,
+                    tolerance_grad=1e-9, tolerance_change=1e-8, history_size=20, line_search_fn="strong_wolfe",
+                )
                 opt.step(closure)
-                schedule.step()
-        else:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'")
+            elif optimizer == "adam":
+                opt = torch.optim.Adam(variables, lr=0.5)
+                schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations, eta_min=0.01)
+                for _ in range(iterations):
+                    opt.step(closure)
+                    schedule.step()
+            else:
+                raise ValueError(f"unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'")
     finally:
         for module, name, _ in targets:
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
