@@ -113,15 +113,15 @@ def _edge_letters(ax, plane: dict[str, Any]) -> None:
 
 
 def _jacobian(result: RegistrationResult) -> np.ndarray | None:
-    """Jacobian determinant of the deformable stage on the fixed grid, or None for linear chains."""
-    from ..regularizers import jacobian_determinant
+    """Jacobian determinant (float32) of the deformable stage on the fixed grid, or None for
+    linear chains; the one the validation computed, when it did."""
+    from ..regularizers import transform_jacobian
     from .validation import _deformable_part
 
     deformation = _deformable_part(result.transform)
     if deformation is None:
         return None
-    field = deformation.displacement_field(result.fixed.grid, dtype=torch.float64)
-    return jacobian_determinant(field.detach(), result.fixed.grid)[0].cpu().numpy()
+    return transform_jacobian(deformation, result.fixed.grid, statistics=False).determinant[0].numpy()
 
 
 @torch.no_grad()

@@ -202,12 +202,13 @@ def validate(
         }
     deformation = _deformable_part(transform)
     if deformation is not None:
-        from ..regularizers import jacobian_statistics
+        from ..regularizers import transform_jacobian
 
-        field = deformation.displacement_field(fixed.grid, dtype=torch.float64)
+        # In slabs, float64 per slab; the float32 determinant is remembered for the QC picture
+        # and the --jacobian image of this run.
         mask = None if fixed_mask is None else (fixed_mask.data[0] > 0)[None]
-        stats = jacobian_statistics(field, fixed.grid, mask=mask)
-        out["jacobian"] = {k: (float(v[0]) if torch.is_tensor(v) else v) for k, v in stats.items()}
+        stats = transform_jacobian(deformation, fixed.grid, mask=mask).statistics
+        out["jacobian"] = {k: float(v[0]) for k, v in stats.items()}
     return out
 
 
