@@ -77,7 +77,7 @@ reg = importlib.import_module("miregister.registration.register")  # the package
 from miregister.registration import validation as val, levels, qc
 from miregister import outputs, regularizers
 from miregister.transforms import displacement
-for name, fn in [("foreground", "measurement_region"), ("optimisation", "_run_levels"),
+for name, fn in [("input checks", "check_image"), ("initialisation", "_initial_transform"), ("foreground", "measurement_region"), ("optimisation", "_run_levels"),
                  ("optimisation", "_run_deformable"), ("search", "_translation_search"),
                  ("search", "_rotation_search"), ("final warp", "resample"), ("validation", "validate"),
                  ("quality", "assess"), ("quality", "_final_flip_check")]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # for annotations only: the transforms package need not load 
 
 __all__ = [
     "bending_energy", "diffusion", "jacobian_determinant", "jacobian_matrix", "jacobian_statistics",
-    "transform_jacobian", "JacobianMap",
+    "transform_jacobian", "JacobianMap", "slab_grid",
 ]
 
 
@@ -269,8 +269,9 @@ def _planes(n: int, plane: int, slab_voxels: int) -> Iterator[tuple[int, int, in
         yield lo, hi, start, stop
 
 
-def _sub_grid(grid: Grid, lo: int, hi: int) -> Grid:
-    """Planes ``[lo, hi)`` of ``grid`` along its slowest array axis (ITK axis ``D - 1``)."""
+def slab_grid(grid: Grid, lo: int, hi: int) -> Grid:
+    """The planes ``[lo, hi)`` of ``grid`` along its slowest array axis (ITK axis ``D - 1``,
+    array axis 0): same spacing and direction, the origin at plane ``lo``'s first voxel centre."""
     axis = grid.ndim - 1
     index = np.zeros(grid.ndim)
     index[axis] = lo
@@ -295,7 +296,7 @@ def _slab_pass(
     det_out = torch.empty((batch, *grid.shape), dtype=torch.float32) if keep else None
     summary = _Summary(batch)
     for lo, hi, start, stop in _planes(n, plane, slab_voxels or SLAB_VOXELS):
-        sub = _sub_grid(grid, lo, hi)
+        sub = slab_grid(grid, lo, hi)
         u = field(lo, hi, sub).to(torch.float64)
         det = jacobian_determinant(u, sub)[:, start - lo: stop - lo]
         del u
