@@ -57,3 +57,16 @@ def test_center_of_mass_from_marginals_is_the_weighted_mean_position():
         expected = (points * weights[..., None]).reshape(-1, 3).sum(0) / weights.sum()
         given = None if m is None else torch.from_numpy(m)
         np.testing.assert_allclose(center_of_mass(image, given), expected, rtol=0, atol=1e-9)
+
+
+def test_foreground_smoothing_in_slabs_equals_the_whole_image_filter(monkeypatch):
+    from miregister.pyramid import gaussian_smooth
+    from miregister.registration import foreground
+
+    rng = np.random.default_rng(6)
+    for grid, sigma in ((FIXED, 1.0), (FIXED, 2.5), (Grid((40, 30), (0.7, 1.3)), 0.7)):
+        image = Image(torch.from_numpy(rng.random(grid.shape).astype(np.float32))[None], grid)
+        whole = gaussian_smooth(image.data[None].double(), sigma, grid)[0, 0].numpy()
+        for slab in (1, 300, 10**9):
+            monkeypatch.setattr(foreground, "SLAB_VOXELS", slab)
+            np.testing.assert_allclose(foreground._smoothed(image, sigma), whole, rtol=1e-13, atol=1e-15)
