@@ -70,3 +70,16 @@ def test_foreground_smoothing_in_slabs_equals_the_whole_image_filter(monkeypatch
         for slab in (1, 300, 10**9):
             monkeypatch.setattr(foreground, "SLAB_VOXELS", slab)
             np.testing.assert_allclose(foreground._smoothed(image, sigma), whole, rtol=1e-13, atol=1e-15)
+
+
+def test_qc_joint_histogram_in_chunks_counts_as_numpy(monkeypatch):
+    from miregister.registration import qc
+
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(30, 40)).astype(np.float32)
+    b = (a**2 + rng.normal(size=a.shape)).astype(np.float32)
+    b[0, 0] = b.max()  # a value on the last edge (counted in the last bin)
+    for x, y in ((a, b), (a, np.full_like(a, 3.0))):  # and a constant image (edges +-0.5)
+        expected = np.log1p(np.histogram2d(x.ravel(), y.ravel(), bins=64)[0].T)
+        monkeypatch.setattr(qc, "HISTOGRAM_CHUNK", 77)
+        np.testing.assert_array_equal(qc._joint_histogram(x, y), expected)

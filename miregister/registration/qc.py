@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..grid import Grid
-from ..warp import warp
 from .result import RegistrationResult
+from .validation import on_fixed_grid
 
 __all__ = ["checkerboard", "plane_views", "qc_figure", "save_qc_figure"]
 
@@ -93,9 +93,28 @@ def _plane(volume: np.ndarray, plane: dict[str, Any]) -> np.ndarray:
     return np.take(volume, plane["index"], axis=plane["axis"])
 
 
+#: Voxels per chunk of :func:`_joint_histogram` (numpy's histogram2d takes ~50 B a voxel).
+HISTOGRAM_CHUNK = 1 << 20
+
+
 def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int = 64) -> np.ndarray:
-    hist, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
+    """``log(1 + counts)`` of ``np.histogram2d(a, b, bins)`` (transposed), counted in chunks
+    on the edges that call would use, so the same counts without its whole-image temporaries."""
+    a, b = a.ravel(), b.ravel()
+    edges = [_edges(x, bins) for x in (a, b)]
+    hist = np.zeros((bins, bins))
+    for start in range(0, a.size, HISTOGRAM_CHUNK):
+        part = slice(start, start + HISTOGRAM_CHUNK)
+        hist += np.histogram2d(a[part], b[part], bins=edges)[0]
     return np.log1p(hist.T)
+
+
+def _edges(x: np.ndarray, bins: int) -> np.ndarray:
+    """The bin edges ``np.histogram2d(..., bins=bins)`` makes for ``x`` (numpy's histogramdd rule)."""
+    low, high = float(x.min()), float(x.max())
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, bins + 1)
 
 
 def _mark_tiles(ax, shape: tuple[int, int], tiles: int = 8) -> None:
@@ -133,7 +152,8 @@ def qc_figure(result: RegistrationResult):
     from matplotlib.figure import Figure
 
     fixed = result.fixed.data[0].float().numpy()
-    before = warp(result.moving.batch().float(), result.moving.grid, None, result.fixed.grid)[0, 0].numpy()
+    # the identity resampling in slabs (the image itself when the grids agree), SimpleITK's inside rule
+    before = on_fixed_grid(result.moving, result.fixed)[0].float().numpy()
     after = result.warped.data[0].float().numpy()
     planes = plane_views(result.fixed.grid)
     jacobian = _jacobian(result)
