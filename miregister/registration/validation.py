@@ -95,8 +95,8 @@ def measurement_region(
     raise ValueError(f"region must be 'foreground' or 'all', got {region!r}")
 
 
-#: Fixed voxels per slab of :func:`on_fixed_grid`: its sampling coordinates and comparisons
-#: (~30 B a voxel) then take ~8 MB, not ~250 MB for a 1 mm brain.
+#: Fixed voxels per slab of :func:`on_fixed_grid` when only the inside mask is asked for: the
+#: sampling coordinates and comparisons (~30 B a voxel) then take ~8 MB, not ~250 MB (1 mm brain).
 WARP_SLAB_VOXELS = 1 << 18
 
 
@@ -108,14 +108,15 @@ def on_fixed_grid(
 
     An image already on the fixed grid (to 1e-6 mm) with no transform is taken as it is, not
     interpolated: interpolating at its own voxel centres changes values in the last float32
-    digits, and a saved ``warped.nii.gz`` must measure as the report's ``after``. Otherwise it
-    is resampled slab by slab (planes of the fixed grid, :data:`WARP_SLAB_VOXELS` voxels each):
-    every voxel is mapped on its own, so only the memory differs from one whole-grid warp.
+    digits, and a saved ``warped.nii.gz`` must measure as the report's ``after``.
 
     Parameters
     ----------
     values : bool
-        Return the values; False returns only the inside mask (``(None, inside)``).
+        Return the values (one whole-grid resampling: the values are those of
+        :func:`~miregister.warp.resample` to the last bit, which the KNN estimate needs). False
+        returns ``(None, inside)``, the mask found slab by slab (planes of the fixed grid,
+        :data:`WARP_SLAB_VOXELS` voxels each), each voxel mapped on its own.
 
     Returns
     -------
@@ -127,20 +128,17 @@ def on_fixed_grid(
     if transform is None and image.grid.same_as(fixed.grid, tolerance=1e-6):
         data = image.data[0]
         return (data if values else None), torch.ones(data.shape, dtype=torch.bool, device=data.device)
+    if values:
+        moved, inside = warp(image.batch(), image.grid, transform, fixed.grid, return_inside=True, margin=INSIDE_MARGIN)
+        return moved[0, 0], inside[0]
     grid = fixed.grid
-    device = image.data.device
-    out = torch.empty(grid.shape, dtype=image.data.dtype, device=device) if values else None
-    inside = torch.empty(grid.shape, dtype=torch.bool, device=device)
+    inside = torch.empty(grid.shape, dtype=torch.bool, device=image.data.device)
     step = max(1, WARP_SLAB_VOXELS // max(1, grid.numel // grid.shape[0]))
     for lo in range(0, grid.shape[0], step):
         hi = min(grid.shape[0], lo + step)
-        part, part_inside = warp(
-            image.batch(), image.grid, transform, slab_grid(grid, lo, hi), return_inside=True, margin=INSIDE_MARGIN
-        )
-        inside[lo:hi] = part_inside[0]
-        if out is not None:
-            out[lo:hi] = part[0, 0]
-    return out, inside
+        _, part = warp(image.batch(), image.grid, transform, slab_grid(grid, lo, hi), return_inside=True, margin=INSIDE_MARGIN)
+        inside[lo:hi] = part[0]
+    return None, inside
 
 
 def compare(
