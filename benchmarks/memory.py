@@ -26,6 +26,7 @@ Usage::
 
     python benchmarks/memory.py                      # all cases, writes RESULTS.md's "memory" section
     python benchmarks/memory.py --cases affine-2mm bspline-2mm --no-write-results
+    python benchmarks/memory.py --json new.json --baseline old.json   # with an earlier version's peaks
 """
 from __future__ import annotations
 
@@ -161,20 +162,30 @@ def estimate(row: dict[str, Any]) -> float:
     return estimate_peak_bytes(grid, grid, [stage], build_options([stage]), torch.device("cpu")).host
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| case | voxels | phase of peak | MB above images | B/voxel | estimate MB | write peak MB above images (phase) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def table(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | None = None) -> str:
+    before = {row["case"]: row for row in baseline or []}
+    head = "| case | voxels | phase of peak | MB above images | B/voxel | estimate MB | write peak MB above images (phase) |"
+    rule = "|---|---|---|---|---|---|---|"
+    if before:
+        head, rule = head + " before: MB (B/voxel), phase of peak |", rule + "---|"
+    lines = [head, rule]
     for row in rows:
         above = row["register_peak"] - row["base"]
         top = max(row["phases"], key=row["phases"].get)
         write_top = max(row["write_phases"], key=row["write_phases"].get)
         write = row["write_phases"][write_top] - row["base"]
-        lines.append(
+        line = (
             f"| {row['case']} | {'x'.join(map(str, row['size']))} | {top} | {above / 1e6:.0f} | "
             f"{above / row['voxels']:.0f} | {estimate(row) / 1e6:.0f} | {write / 1e6:.0f} ({write_top}) |"
         )
+        if before:
+            old = before.get(row["case"])
+            if old is None:
+                line += " |"
+            else:
+                old_above = old["register_peak"] - old["base"]
+                line += f" {old_above / 1e6:.0f} ({old_above / old['voxels']:.0f}), {max(old['phases'], key=old['phases'].get)} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -197,18 +208,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="optimiser iterations per level (default: the registration's defaults)")
     parser.add_argument("--no-write-results", action="store_true", help="print only")
     parser.add_argument("--json", type=Path, help="also save the raw measurements here")
+    parser.add_argument("--load", type=Path, help="measure nothing: tabulate the measurements saved by --json")
+    parser.add_argument("--baseline", type=Path, help="measurements saved by --json from an earlier version: "
+                        "add its peaks as a 'before' column")
+    parser.add_argument("--baseline-label", default="an earlier version", help="what --baseline measured, for RESULTS.md")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # the estimate of this checkout's miregister, as the children use
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        images = {"2mm": (FIXED, MOVING)}
-        if any(c.endswith("1mm") for c in args.cases):
-            images["1mm"] = one_mm_images(Path(tmp))
-        for case in args.cases:
-            rows.append(run_case(case, images, args.iterations))
-            print(f"{case}: {(rows[-1]['register_peak'] - rows[-1]['base']) / 1e6:.0f} MB above images", flush=True)
+    if args.load:
+        rows = json.loads(args.load.read_text())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            images = {"2mm": (FIXED, MOVING)}
+            if any(c.endswith("1mm") for c in args.cases):
+                images["1mm"] = one_mm_images(Path(tmp))
+            for case in args.cases:
+                rows.append(run_case(case, images, args.iterations))
+                print(f"{case}: {(rows[-1]['register_peak'] - rows[-1]['base']) / 1e6:.0f} MB above images", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    text = table(rows)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    text = table(rows, baseline)
     phases = phase_table(rows)
     print(text + "\n\n" + phases)
     if not args.no_write_results:
@@ -218,11 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         iterations = "default iterations" if args.iterations == "default" else f"{args.iterations} iterations per level"
         write_section("memory", (
             "## Memory (benchmarks/memory.py)\n\n"
-            f"{machine_description()}. Peak RSS of `register` (default options, {iterations}, CPU, float32) "
-            "above the RSS after reading the two images, one fresh process per case; the phase whose own "
-            "high-water mark is highest; `memory.estimate_peak_bytes` for comparison; and the peak while "
-            "`write_run` writes the folder with `--jacobian` and the QC picture. Sample brain at 2 mm and "
-            "resampled to 1 mm.\n\n" + text + "\n\nPeak of each phase, MB above the images:\n\n" + phases
+            f"{machine_description()}. Peak RSS of `register` (default options but {iterations}: iterations "
+            "change no allocation size; CPU, float32) above the RSS after reading the two images, one fresh "
+            "process per case; the phase whose own high-water mark is highest (a phase's mark includes what "
+            "earlier phases still hold); `memory.estimate_peak_bytes` for comparison; and the peak while "
+            "`write_run` writes the folder with `--jacobian` and the QC picture (not in the estimate). Sample "
+            "brain at 2 mm and resampled to 1 mm."
+            + (f" 'before': the same cases measured on {args.baseline_label}." if baseline else "")
+            + "\n\n" + text + "\n\nPeak of each phase, MB above the images:\n\n" + phases
         ))
     return 0
 
