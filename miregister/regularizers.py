@@ -197,7 +197,8 @@ def jacobian_statistics(u: Tensor, grid: Grid, mask: Tensor | None = None) -> di
 SLAB_VOXELS = 1 << 18
 
 #: The last determinant computed by :func:`transform_jacobian` with ``keep=True`` (one entry:
-#: the validation of a run computes it, its QC picture and ``--jacobian`` image reuse it).
+#: the validation of a run computes it, its QC picture and ``--jacobian`` image reuse it;
+#: dropped when its transform is garbage-collected or another determinant is kept).
 _LAST: dict[str, object] = {}
 
 
@@ -267,7 +268,12 @@ def transform_jacobian(
     det, stats = _slab_pass(field, grid, transform.batch_size, mask, keep, slab_voxels)
     if keep:
         _LAST.clear()
-        _LAST.update(key=key, transform=weakref.ref(transform), determinant=det)
+
+        def forget(ref: weakref.ref) -> None:  # the transform is gone: so is the need for its determinant
+            if _LAST.get("transform") is ref:
+                _LAST.clear()
+
+        _LAST.update(key=key, transform=weakref.ref(transform, forget), determinant=det)
     return JacobianMap(det, stats if statistics else None)
 
 

@@ -104,3 +104,16 @@ def test_the_determinant_is_computed_once_and_again_after_a_change(monkeypatch):
     assert len(calls) > n and not torch.equal(changed.determinant, first.determinant)
     assert transform_jacobian(spline, grid.with_spacing((1.5, 1.5, 1.5))).determinant.shape[1:] != first.determinant.shape[1:]
     regularizers._LAST.clear()
+
+
+def test_the_remembered_determinant_goes_with_its_transform():
+    import gc
+
+    grid = Grid((8, 7, 6), (2.0, 2.0, 2.0))
+    spline = _folding_bspline(grid, amplitude=0.5)
+    transform_jacobian(spline, grid, statistics=False)
+    assert regularizers._LAST.get("determinant") is not None
+    del spline
+    gc.collect()
+    assert not regularizers._LAST
+
