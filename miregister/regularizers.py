@@ -228,7 +228,7 @@ def transform_jacobian(
     grid's ends, where the one-sided differences need three planes), so every voxel gets the
     very derivatives :func:`jacobian_determinant` takes on the whole field (second-order
     central differences inside, second-order one-sided at the borders, in physical mm), while
-    the float64 work never exceeds about ``300 * slab_voxels`` bytes. Statistics are
+    the float64 work never exceeds about ``200 * slab_voxels`` bytes. Statistics are
     accumulated in float64 per slab; the determinant itself is kept in float32 (4 B a voxel).
 
     Parameters
