@@ -6,16 +6,14 @@ components become channels, or grey luminance on request); any other file Simple
 is accepted too. Images come back as :class:`~miregister.image.Image` with size, spacing (mm),
 origin (mm) and direction in ITK/LPS conventions, exactly as SimpleITK reports them.
 
-Writing picks the format from the extension, creates missing parent folders and is atomic:
-the file is written in a temporary folder beside the target and moved into place with
-``os.replace``, so a failure never leaves a half-written output.
+Writing picks the format from the extension, creates missing parent folders and is atomic
+(:func:`miregister.outputs.atomic_write`): the file is written in a staging folder beside the
+target and moved into place with ``os.replace``, so a failure never leaves a half-written output.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -27,6 +25,7 @@ from torch import Tensor
 from .errors import InputError, UsageError
 from .filecheck import check_image_file, describe_format, nifti_version
 from .image import Image
+from .outputs import atomic_write
 
 __all__ = ["read_image", "write_image", "as_image", "check_image", "WRITE_EXTENSIONS"]
 
@@ -232,22 +231,16 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
     if WRITE_EXTENSIONS[ext] and image.ndim != 2:
         raise UsageError(f"cannot write '{path}': {ext} holds 2D images only, this image is {image.ndim}D")
     out = _to_sitk(image, dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write under the final name in a private folder beside the target, so that formats with
-    # a separate data file (.mhd + .raw, .nhdr + .raw) reference the right name, then move.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        staged = tmp / path.name
+
+    def write(staged: Path) -> None:
         try:
             sitk.WriteImage(out, str(staged))
         except RuntimeError as error:
             raise UsageError(f"cannot write '{path}': {_sitk_reason(error)}") from error
-        # data files first, the header / main file last
-        for extra in sorted(p for p in tmp.iterdir() if p != staged):
-            os.replace(extra, path.parent / extra.name)
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Under the final name in a private folder beside the target, so that formats with a
+    # separate data file (.mhd + .raw, .nhdr + .raw) reference the right name, then moved.
+    atomic_write(path, write)
     return path
 
 

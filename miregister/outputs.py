@@ -245,15 +245,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 
     The staged file has the final name, in a hidden staging folder inside the target's folder
     (same file system: the move is a rename), so formats with a data file beside the header
-    (``.mhd`` + ``.raw``) name it right; data files move first, the named file last.
+    (``.mhd`` + ``.raw``) name it right; data files move first, the named file last. The one
+    atomic writer of the project: images (:func:`miregister.io.write_image`), transforms
+    (:func:`miregister.transforms.io.write_transform`), cohort files. A target that is itself
+    in a staging folder (a run folder being staged by :func:`write_run`, or an outer
+    ``atomic_write``) is written directly: that folder is private and its own move is the
+    atomic step.
 
     Raises
     ------
     OutputError
-        When the file or its folder cannot be written (naming ``path``).
+        When the file or its folder cannot be written (naming ``path``). Other errors of
+        ``write`` pass through, with nothing left behind.
     """
     target = Path(path)
     text = os.fspath(path)
+    if target.parent.name.startswith(STAGING_PREFIX) and target.parent.is_dir():
+        try:
+            write(target)
+        except OSError as error:
+            raise OutputError(f"cannot write output file {text!r}: {_reason(error)}") from error
+        return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=target.parent))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..image import Image
-from ..pyramid import gaussian_smooth
+from ..pyramid import MIN_SIGMA_VOXELS, gaussian_smooth
 
 __all__ = ["foreground_mask"]
 
@@ -48,10 +48,9 @@ def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:
         pattern that fills the field of view), so that the caller never samples nothing.
     """
     spacing = np.asarray(image.grid.spacing)[::-1]  # array axis order ([z,] y, x)
-    smoothed_t = gaussian_smooth(image.data[None, :1].detach().cpu().to(torch.float64), float(spacing.min()), image.grid)
-    smoothed = np.ascontiguousarray(smoothed_t[0, 0].numpy())  # one float64 copy, ravelled without another
-    del smoothed_t
-    if np.ptp(smoothed) <= 1e-9 * max(1.0, float(np.abs(smoothed).max())):  # (nearly) constant: no object
+    smoothed = _smoothed(image, float(spacing.min()))
+    low, high = float(smoothed.min()), float(smoothed.max())
+    if high - low <= 1e-9 * max(1.0, abs(low), abs(high)):  # (nearly) constant: no object
         return torch.ones(image.shape, dtype=torch.bool)
     threshold = _otsu(smoothed.ravel())
     inside = smoothed > threshold
@@ -64,7 +63,26 @@ def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:
     return torch.from_numpy(_distance_to(inside, spacing, factor) <= margin_mm)
 
 
-#: Voxels per slab of :func:`_within` (halo included): bounds the distance transform's ~50 bytes
+def _smoothed(image: Image, sigma_mm: float) -> np.ndarray:
+    """The first channel smoothed by ``sigma_mm`` (float64, contiguous), slab by slab along the
+    first array axis with a halo of the kernel's radius: each slab's inner planes get the
+    values of the whole-image filter, but the float64 work (the input copy, each separable
+    pass's output and transposed copy, ~32 B a voxel) is bounded by :data:`SLAB_VOXELS`."""
+    data = image.data[0].detach().cpu()
+    n = data.shape[0]
+    sigma_voxels = sigma_mm / image.grid.spacing[-1]  # array axis 0 is the last ITK axis
+    radius = int(4.0 * sigma_voxels + 0.5) if sigma_voxels >= MIN_SIGMA_VOXELS else 0  # gaussian_kernel1d's, truncate 4
+    step = max(1, SLAB_VOXELS // max(1, data[0].numel()) - 2 * radius)
+    out = np.empty(data.shape, dtype=np.float64)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        lo, hi = max(0, start - radius), min(n, stop + radius)
+        block = gaussian_smooth(data[None, None, lo:hi].to(torch.float64), sigma_mm, image.grid)
+        out[start:stop] = block[0, 0, start - lo: stop - lo].numpy()
+    return out
+
+
+#: Voxels per slab of :func:`_within` and :func:`_smoothed` (halo included): bounds the distance transform's ~50 bytes
 #: per voxel (int32 feature indices, their float64 offsets) to ~25 MB whatever the image size.
 SLAB_VOXELS = 1 << 19
 

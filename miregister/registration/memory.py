@@ -2,31 +2,38 @@
 
 A 512^3 affine run reached 11.9 GB and died inside the foreground mask; nothing said so
 beforehand. The peak of a run grows with the number of voxels of the two images, at a cost
-per voxel set by what each phase holds at once (float32 working dtype, CPU):
+per voxel set by what each phase holds at once (float32 working dtype, CPU). Measured by
+``benchmarks/memory.py`` (each phase's own high-water mark, in a fresh process per case):
 
 * fixed and moving images, read: 4 B/voxel each (already resident when the check runs);
-* foreground mask (fixed image, no fixed mask): float64 smoothing (input, a permuted copy
-  and the output of each separable pass, 3 x 8 B) and one contiguous float64 copy for the
-  Otsu threshold, then a boolean object; the distance transform runs in bounded slabs
-  (:data:`~miregister.registration.foreground.SLAB_VOXELS`): ~53 B/voxel measured;
+* foreground mask (fixed image, no fixed mask): float64 smoothing in bounded slabs, the
+  float64 smoothed image for the Otsu threshold, the distance to the object (in slabs, or on
+  a coarser grid then interpolated back in float64): ~28 B/voxel at 1 mm;
+* initialisation (centre of intensity mass): one float64 copy of each image in turn;
 * pyramid levels (:class:`~miregister.registration.levels.LevelCache`): each smoothed level
-  is first smoothed at full resolution (output + the separable pass's copy, 8 B) before it
-  is shrunk; the finest level's cubic B-spline coefficients of the moving image (4 B); the
-  float sampling mask (4 B); the final warp (sampling coordinates 12 B + values 4 B) and the
-  validation (two more warps with inside masks, the overlapping values gathered, soft-binned
-  MI over every overlapping voxel): together ~57 B per fixed voxel and ~20 B per moving
-  voxel for linear stages;
+  is smoothed at full resolution before it is shrunk; the finest level's cubic B-spline
+  coefficients of the moving image (4 B); the float sampling mask (4 B);
+* linear stages: the final warp (sampling coordinates 12 B + values 4 B), then the
+  validation: the overlap mask found in slabs, the overlapping values gathered and widened to
+  float64 for soft-binned MI over every overlapping voxel. Together with what is held (images'
+  coefficients, masks, warped image) ~39 B per voxel; the peak is the validation's MI or the
+  final warp, within a few %;
 * deformable stages (B-spline or SVF): the optimisation holds the displacement on the level
-  grid (12 B) with the autograd graph of its evaluation, but the peak comes after it, in the
-  validation: the Jacobian determinant of the displacement on the full fixed grid, in float64
-  (the field 24 B, its gradient 72 B, the determinant and the mask) and the dense final warp.
-  At 2 mm the B-spline run peaks at 195 MB above the images during optimisation and 537 MB in
-  the validation.
+  grid with the autograd graph of its evaluation, but the peak comes after it, in the dense
+  final warp (``register``'s ``resample``: fixed-grid points, the deformation's displacement,
+  the mapped points and the normalised sampling coordinates, 12 B each, ~112 B per voxel with
+  what is held). The validation's Jacobian determinant, once the peak (float64 on the whole
+  grid, ~240 B/voxel), is computed in slabs
+  (:func:`~miregister.regularizers.transform_jacobian`) and kept as float32 (4 B) for the QC
+  picture and the ``--jacobian`` image.
 
 The constants below are what peak RSS shows on the sample brain at 2 mm (98x116x94) and 1 mm
-(196x232x188), above the two loaded images: affine 274 MB / 849 MB (77 B per voxel + ~190 MB),
-B-spline 685 / 2474 MB (239 B + ~430 MB), SVF 598 / 2508 MB (255 B + ~325 MB). The estimate
-is within 6 % of those (SVF 2 mm: +20 %). float64 doubles the torch part.
+(196x232x188), above the two loaded images: affine 164 MB / 456 MB (39 B per voxel +
+~120 MB), B-spline 213 / 1050 MB and SVF 215 / 1054 MB (112 B + ~95 MB); before the slab-wise
+Jacobian, centre of mass and foreground smoothing they were 173 / 699, 493 / 2498 and
+604 / 2451 MB. The estimate is within 2 % of those. float64 doubles the torch part. Writing
+the run folder afterwards (``write_run``: transform files, inverse, displacement images, QC)
+is not part of the estimate; for deformable runs it can take more than ``register`` did.
 """
 from __future__ import annotations
 
@@ -43,16 +50,16 @@ from .options import DEFORMABLE_STAGES, RegistrationOptions
 
 __all__ = ["MemoryEstimate", "estimate_peak_bytes", "available_bytes", "check_memory"]
 
-#: Bytes per fixed voxel of the foreground mask (CPU, float64 smoothing; see the module notes).
-FOREGROUND_BYTES = 56
+#: Bytes per fixed voxel of the foreground mask (CPU, float64 smoothing in slabs; see the module notes).
+FOREGROUND_BYTES = 28
 #: Bytes per fixed voxel of linear stages, their warp and validation (float32).
-LINEAR_FIXED_BYTES = 57
+LINEAR_FIXED_BYTES = 31
 #: Bytes per moving voxel: its smoothed levels, the B-spline coefficients, smoothing copies.
-MOVING_BYTES = 20
-#: Bytes per fixed voxel of a deformable run (its validation's float64 Jacobian is the peak).
-DEFORMABLE_FIXED_BYTES = 235
+MOVING_BYTES = 8
+#: Bytes per fixed voxel of a deformable run (its dense final warp is the peak).
+DEFORMABLE_FIXED_BYTES = 104
 #: Fixed overhead of a run (histograms, KNN validation, libraries' workspaces, allocator slack).
-OVERHEAD_BYTES = {"linear": 200e6, "deformable": 450e6}
+OVERHEAD_BYTES = {"linear": 120e6, "deformable": 95e6}
 
 #: Where the host's free memory is read (MemAvailable).
 MEMINFO = Path("/proc/meminfo")

@@ -166,12 +166,35 @@ def jacobian_determinant_image(transform: SpatialTransform, grid: Grid, index: i
     Image
         One channel, float32, on ``grid``: ``det(dT/dx)``, dimensionless: > 1 where a fixed
         voxel's volume maps onto more moving volume, < 1 onto less, <= 0 where the mapping folds.
-        Computed by :func:`miregister.regularizers.jacobian_determinant` (second-order finite
-        differences in physical mm, exact for linear transforms).
+        Computed by :func:`miregister.regularizers.transform_jacobian` (second-order finite
+        differences in physical mm, in slabs): for a composite whose members acting after the
+        deformable one are linear (``Composite([affine, bspline])``), the deformable member's
+        determinant (the one a run's validation computed) times ``det(A)`` of the linear ones,
+        which is what the finite differences of the whole composite give.
     """
     from ..image import Image
-    from ..regularizers import jacobian_determinant
+    from ..regularizers import transform_jacobian
 
-    field = transform.displacement_field(grid, dtype=torch.float64)
-    det = jacobian_determinant(field[index if field.shape[0] > 1 else 0][None], grid)
-    return Image(det.to(torch.float32).cpu(), grid)
+    members = list(getattr(transform, "transforms", [transform]))
+    pick = index if transform.batch_size > 1 else 0
+    if all(member.is_linear for member in members):
+        factor = _linear_determinant(members)[pick]
+        return Image(torch.full((1, *grid.shape), float(factor), dtype=torch.float32), grid)
+    inner, outer = members[-1], members[:-1]
+    if inner.is_linear or not all(member.is_linear for member in outer):
+        inner, outer = transform, []
+    det = transform_jacobian(inner, grid, statistics=False).determinant
+    det = det[index if det.shape[0] > 1 else 0]
+    if outer:
+        det = (det.double() * _linear_determinant(outer)[pick].cpu()).to(torch.float32)
+    return Image(det[None], grid)
+
+
+def _linear_determinant(members: list[SpatialTransform]) -> Tensor:
+    """``det`` of the linear part of linear transforms applied one after another: ``(B,)`` float64."""
+    det = torch.ones(1, dtype=torch.float64)
+    for member in members:
+        matrix = member.affine_matrix().to(torch.float64).cpu()
+        d = matrix.shape[-1] - 1
+        det = det * torch.linalg.det(matrix[:, :d, :d])
+    return det

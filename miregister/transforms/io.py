@@ -33,13 +33,11 @@ thinking of the image being moved). ``ants.registration``'s ``fwdtransforms``
 
 Batches: a file holds one transform. A transform with ``batch_size > 1`` is written one pair
 at a time with ``index=i``; without ``index`` it is an error. Files are written atomically
-(temporary file in the same folder, then ``os.replace``).
+(:func:`miregister.outputs.atomic_write`: staged in a folder beside the target, then ``os.replace``).
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +46,7 @@ import SimpleITK as sitk
 import torch
 
 from ..grid import Grid
+from ..outputs import atomic_write
 from .base import SpatialTransform
 from .composite import Composite
 from .displacement import DisplacementField
@@ -147,20 +146,6 @@ def to_sitk(transform: SpatialTransform, reference: Grid | None = None, index: i
     return sitk.DisplacementFieldTransform(image)
 
 
-def _atomic_write(path: Path, ext: str, write) -> None:
-    """Call ``write(temporary_path)`` then move the file into place (no partial files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A private staging folder, not mkstemp: a file created there keeps the umask's permissions
-    # (mkstemp's 0600 would make transforms unreadable to the user's group, unlike images).
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp = staging / f"staged{ext}"
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def write_transform(
     transform: SpatialTransform,
     path: str | os.PathLike,
@@ -197,7 +182,7 @@ def write_transform(
     ext = _extension(path)
     if ext in _IMAGE_EXTENSIONS:
         image = _field_image(transform, reference, index)
-        _atomic_write(path, ext, lambda tmp: sitk.WriteImage(image, tmp))
+        atomic_write(path, lambda staged: sitk.WriteImage(image, str(staged)))
         return path
     native_text = ext in (".tfm", ".txt") and _has_native_sitk(transform)  # ITK text holds B-splines too
     if ext in _LINEAR_EXTENSIONS and not transform.is_linear and not native_text:
@@ -209,7 +194,7 @@ def write_transform(
         tx: sitk.Transform = _affine_to_sitk(transform, index)  # a linear composite collapses here
     else:
         tx = to_sitk(transform, reference, index)
-    _atomic_write(path, ext, lambda tmp: sitk.WriteTransform(tx, tmp))
+    atomic_write(path, lambda staged: sitk.WriteTransform(tx, str(staged)))
     return path
 
 
