@@ -33,7 +33,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import as_image, write_image
-    from ..outputs import atomic_write, check_output_file
+    from ..outputs import check_output_file
     from ..transforms.io import compose_ants_list, parse_transform_spec
     from ..warp import resample
 
@@ -55,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
         reader.SetFileName(args.image)
         reader.ReadImageInformation()
         cast = reader.GetPixelID()
-    atomic_write(args.output, lambda staged: write_image(out, staged, dtype=cast))
+    write_image(out, args.output, dtype=cast)  # atomic: staged next to the target, then renamed
     print(f"wrote {args.output}")
     return EXIT_OK

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import MiregisterError, RegistrationError, UsageError
-from ..outputs import atomic_write
 from .files import MARKER, read_marker, write_marker
 from .manifest import Pair, read_manifest
 from .summary import failed_row, pending_row, row_from_report, write_summary_csv, write_summary_html
@@ -217,7 +216,7 @@ def _write_labels(result: Any, labels: str, folder: Path) -> Path:
         reader.SetFileName(labels)
         reader.ReadImageInformation()
         pixel = reader.GetPixelID()
-    return atomic_write(folder / LABELS_WARPED, lambda staged: write_image(warped, staged, dtype=pixel))
+    return write_image(warped, folder / LABELS_WARPED, dtype=pixel)  # atomic itself
 
 
 def _pair_options(options: dict[str, Any], threads: int | None) -> dict[str, Any]:
