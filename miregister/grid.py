@@ -230,6 +230,25 @@ class Grid:
         shift = self.center() - new.center()
         return Grid(size, spacing, tuple(np.asarray(self.origin) + shift), self.direction)
 
+    def slab(self, lo: int, hi: int) -> "Grid":
+        """The planes ``[lo, hi)`` of this grid along its slowest array axis (ITK axis ``D - 1``,
+        array axis 0): same spacing and direction, the origin at plane ``lo``'s first voxel
+        centre. Used to process a whole-grid field or image in bounded memory."""
+        if not 0 <= lo < hi <= self.size[-1]:
+            raise ValueError(f"slab [{lo}, {hi}) is not within the {self.size[-1]} planes of the grid")
+        index = np.zeros(self.ndim)
+        index[-1] = lo
+        size = list(self.size)
+        size[-1] = hi - lo
+        return Grid(tuple(size), self.spacing, tuple(self.index_to_physical_np(index).tolist()), self.direction)
+
+    def slabs(self, voxels: int) -> "list[tuple[int, int]]":
+        """``(lo, hi)`` plane ranges along the slowest array axis of about ``voxels`` voxels each
+        (at least one plane), covering the grid in order."""
+        plane = max(1, self.numel // self.size[-1])
+        step = max(1, int(voxels) // plane)
+        return [(lo, min(self.size[-1], lo + step)) for lo in range(0, self.size[-1], step)]
+
     def same_as(self, other: "Grid", tolerance: float = 1e-5) -> bool:
         """True when both grids have the same size and, within ``tolerance``, geometry."""
         return (

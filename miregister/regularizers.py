@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # for annotations only: the transforms package need not load 
 
 __all__ = [
     "bending_energy", "diffusion", "jacobian_determinant", "jacobian_matrix", "jacobian_statistics",
-    "transform_jacobian", "JacobianMap", "slab_grid",
+    "transform_jacobian", "JacobianMap",
 ]
 
 
@@ -302,17 +302,6 @@ def _planes(n: int, plane: int, slab_voxels: int) -> Iterator[tuple[int, int, in
         yield lo, hi, start, stop
 
 
-def slab_grid(grid: Grid, lo: int, hi: int) -> Grid:
-    """The planes ``[lo, hi)`` of ``grid`` along its slowest array axis (ITK axis ``D - 1``,
-    array axis 0): same spacing and direction, the origin at plane ``lo``'s first voxel centre."""
-    axis = grid.ndim - 1
-    index = np.zeros(grid.ndim)
-    index[axis] = lo
-    size = list(grid.size)
-    size[axis] = hi - lo
-    return Grid(tuple(size), grid.spacing, tuple(grid.index_to_physical_np(index).tolist()), grid.direction)
-
-
 def _slab_pass(
     field: Callable[[int, int, Grid], Tensor],
     grid: Grid,
@@ -330,7 +319,7 @@ def _slab_pass(
     summary = _Summary(batch)
     ainv = _inverse_index_matrix(grid, torch.empty(0, dtype=torch.float64))
     for lo, hi, start, stop in _planes(n, plane, slab_voxels or SLAB_VOXELS):
-        sub = slab_grid(grid, lo, hi)
+        sub = grid.slab(lo, hi)
         u = field(lo, hi, sub).to(torch.float64)
         core = slice(start - lo, stop - lo)
         # along the slab axis (ITK axis D - 1) the halo planes are needed; within planes, not

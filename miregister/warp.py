@@ -48,6 +48,11 @@ def _affine_grid_to_physical(grid: Grid) -> Tensor:
     return grid.index_to_physical_matrix() @ m
 
 
+#: Fixed voxels per slab of a dense (non-linear) warp without gradients: slabs of the output
+#: grid bound the points, displacement and coordinates to ~50 MB (float32) whatever the grid.
+DENSE_SLAB_VOXELS = 1 << 20
+
+
 def warp(
     moving: Tensor,
     moving_grid: Grid,
@@ -83,7 +88,9 @@ def warp(
     -----
     For a linear transform (``transform.is_linear``) the fixed-grid -> mm map, the transform
     and the mm -> moving-normalised map are folded into one affine and the sampling grid is
-    made by ``F.affine_grid``: no point tensor is built in mm.
+    made by ``F.affine_grid``: no point tensor is built in mm. A non-linear transform is
+    evaluated on the fixed grid slab by slab (:data:`DENSE_SLAB_VOXELS` voxels each) when no
+    gradient is needed, whole otherwise.
     """
     check_mode(mode)
     if fixed_grid.ndim != moving_grid.ndim:
@@ -108,6 +115,13 @@ def warp(
         else:
             theta = to_normalized @ theta @ from_output  # (B, D+1, D+1), folded in float64 then cast
             coords = F.affine_grid(theta[:, :d, :].to(work_dtype), [theta.shape[0], 1, *fixed_grid.shape], align_corners=True)
+    elif fixed_grid.numel > DENSE_SLAB_VOXELS and fixed_grid.size[-1] > 1 and not _needs_grad(transform):
+        # Dense transforms without gradients, slab by slab: the points, the displacement and the
+        # sampling coordinates of a 1 mm brain would otherwise take ~1 GB at once.
+        parts = [warp(moving, moving_grid, transform, fixed_grid.slab(lo, hi), mode, padding_value, True, margin)
+                 for lo, hi in fixed_grid.slabs(DENSE_SLAB_VOXELS)]
+        values, inside = torch.cat([v for v, _ in parts], dim=2), torch.cat([i for _, i in parts], dim=1)
+        return (values, inside) if return_inside else values
     else:
         # Dense evaluation: transforms with a grid fast path (B-spline, SVF, fields) use it.
         points = fixed_grid.points(dtype=work_dtype, device=device).unsqueeze(0)
@@ -115,6 +129,10 @@ def warp(
         coords = apply_affine(physical_to_normalized(moving_grid), mapped)
     values, inside = sample_normalized(moving, moving_grid, coords, mode, padding_value, margin)
     return (values, inside) if return_inside else values
+
+
+def _needs_grad(transform: "SpatialTransform") -> bool:
+    return torch.is_grad_enabled() and any(p.requires_grad for p in transform.parameters())
 
 
 def resample(

@@ -123,8 +123,6 @@ def on_fixed_grid(
     (Tensor or None, Tensor)
         Values ``fixed.shape`` and boolean inside mask ``fixed.shape``.
     """
-    from ..regularizers import slab_grid
-
     if transform is None and image.grid.same_as(fixed.grid, tolerance=1e-6):
         data = image.data[0]
         return (data if values else None), torch.ones(data.shape, dtype=torch.bool, device=data.device)
@@ -133,10 +131,8 @@ def on_fixed_grid(
         return moved[0, 0], inside[0]
     grid = fixed.grid
     inside = torch.empty(grid.shape, dtype=torch.bool, device=image.data.device)
-    step = max(1, WARP_SLAB_VOXELS // max(1, grid.numel // grid.shape[0]))
-    for lo in range(0, grid.shape[0], step):
-        hi = min(grid.shape[0], lo + step)
-        _, part = warp(image.batch(), image.grid, transform, slab_grid(grid, lo, hi), return_inside=True, margin=INSIDE_MARGIN)
+    for lo, hi in grid.slabs(WARP_SLAB_VOXELS):
+        _, part = warp(image.batch(), image.grid, transform, grid.slab(lo, hi), return_inside=True, margin=INSIDE_MARGIN)
         inside[lo:hi] = part[0]
     return None, inside
 

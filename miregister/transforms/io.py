@@ -103,6 +103,10 @@ def _affine_to_sitk(transform: SpatialTransform, index: int | None) -> sitk.Affi
     return out
 
 
+#: Voxels per slab when a displacement field is written (float64 work of ~25 MB per slab).
+FIELD_SLAB_VOXELS = 1 << 20
+
+
 def _field_image(
     transform: SpatialTransform, reference: Grid | None, index: int | None, pixel: type = np.float32
 ) -> sitk.Image:
@@ -113,9 +117,13 @@ def _field_image(
     if reference.ndim != transform.ndim:
         raise ValueError(f"reference grid is {reference.ndim}D but the transform is {transform.ndim}D")
     i = _pick(transform.batch_size, index, type(transform).__name__)
+    # Slab by slab into the file's pixel type: the float64 field of a whole 1 mm brain and its
+    # copies would take ~150 bytes a voxel at once.
+    array = np.empty((*reference.shape, reference.ndim), dtype=pixel)
     with torch.no_grad():
-        field = transform.displacement_field(reference, dtype=torch.float64)
-    array = field[i if field.shape[0] > 1 else 0].detach().cpu().numpy().astype(pixel)
+        for lo, hi in reference.slabs(FIELD_SLAB_VOXELS):
+            field = transform.displacement_field(reference.slab(lo, hi), dtype=torch.float64)
+            array[lo:hi] = field[i if field.shape[0] > 1 else 0].cpu().numpy()
     image = sitk.GetImageFromArray(array, isVector=True)  # (*shape, D) -> vector pixels
     reference.copy_to_sitk(image)
     return image
