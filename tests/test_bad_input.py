@@ -295,3 +295,22 @@ def test_foreground_distance_in_slabs_equals_the_whole_image_transform(monkeypat
         for slab in (300, 5000):
             monkeypatch.setattr(foreground, "SLAB_VOXELS", slab)
             np.testing.assert_array_equal(foreground._within(inside, np.asarray(spacing), 10.0), reference)
+
+
+def test_memory_check_of_a_batch_counts_every_pair(tmp_path, monkeypatch):
+    from miregister.grid import Grid
+    from miregister.registration.batch import Batcher, _using
+    from miregister.registration.options import build_options
+
+    grid = Grid((98, 116, 94), (2.0, 2.0, 2.0))
+    options = build_options(["affine"])
+    one = memory.estimate_peak_bytes(grid, grid, ["affine"], options, torch.device("cpu")).host
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       16000000 kB\nMemAvailable:       {int(2.5 * one / 1024)} kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "_cgroup_free", lambda: None)
+    memory.check_memory(grid, grid, ["affine"], options, torch.device("cpu"))  # one pair fits
+    with _using(Batcher(pairs=2)):
+        assert memory.check_memory(grid, grid, ["affine"], options, torch.device("cpu")).host == pytest.approx(2 * one)
+    with _using(Batcher(pairs=3)), pytest.raises(RegistrationError, match="3 pairs of a batch at once"):
+        memory.check_memory(grid, grid, ["affine"], options, torch.device("cpu"))

@@ -89,6 +89,8 @@ class Batcher:
     _busy: bool = False
     _stacks: list[_Stack] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    #: How many pairs run at once (their memory peaks can coincide: see memory.check_memory).
+    pairs: int = 1
 
     @contextlib.contextmanager
     def participant(self) -> Iterator[None]:
@@ -330,7 +332,7 @@ def register_batch(
     fmasks = _per_pair(fixed_masks, count, "fixed_masks", broadcast=True)
     mmasks = _per_pair(moving_masks, count, "moving_masks", broadcast=False)
     starts = _per_pair(initial_transforms, count, "initial_transforms", broadcast=False)
-    batcher = Batcher()
+    batcher = Batcher(pairs=count)
     single = register.__wrapped__  # without its per-call thread setting: set once below for all threads
 
     def run(index: int) -> Any:

@@ -175,7 +175,9 @@ def check_memory(
     device: torch.device,
     has_fixed_mask: bool = False,
 ) -> MemoryEstimate:
-    """Refuse a run whose estimated peak (:func:`estimate_peak_bytes`) exceeds the free memory.
+    """Refuse a run whose estimated peak (:func:`estimate_peak_bytes`) exceeds the free memory
+    (in a :func:`~miregister.registration.batch.register_batch`, the peak of one pair times the
+    batch's pairs).
 
     Skipped when the environment variable ``MIREGISTER_MEMORY_CHECK`` is ``0`` or when the
     free memory cannot be read.
@@ -185,9 +187,16 @@ def check_memory(
     RegistrationError
         Saying how much the run needs, how much is free and what to change.
     """
+    from .batch import active_batcher
+
     estimate = estimate_peak_bytes(fixed, moving, stages, opts, device, has_fixed_mask)
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return estimate
+    batcher = active_batcher()
+    if batcher is not None and batcher.pairs > 1:
+        # the pairs of a batch run together: their peaks can coincide
+        estimate = MemoryEstimate(estimate.host * batcher.pairs, estimate.device * batcher.pairs,
+                                  f"{batcher.pairs} pairs of a batch at once, each {estimate.detail}")
     places = [("host", estimate.host, None)]
     if device.type == "cuda":
         places.append((f"device {device}", estimate.device, device))
