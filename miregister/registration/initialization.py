@@ -29,8 +29,12 @@ def center_of_mass(image: Image, mask: torch.Tensor | None = None) -> np.ndarray
     total = float(weights.sum())
     if total <= 0.0:
         return image.grid.center()
-    index = image.grid.indices(dtype=torch.float64)
-    mean_index = (index * weights[..., None]).reshape(-1, image.ndim).sum(0) / total
+    # sum_v w(v) i_axis(v) from the weights' marginal along each axis (no (*shape, D) index array)
+    d = image.ndim
+    mean_index = torch.stack([
+        (weights.sum(dim=tuple(a for a in range(d) if a != d - 1 - axis)) * torch.arange(data.shape[d - 1 - axis], dtype=torch.float64)).sum()
+        for axis in range(d)  # x-first index axis `axis` is array dimension d - 1 - axis
+    ]) / total
     return image.grid.index_to_physical_np(mean_index.numpy())
 
 
