@@ -58,11 +58,18 @@ def physical_to_normalized(grid: Grid) -> Tensor:
     return grid.physical_to_normalized_matrix()
 
 
+@functools.lru_cache(maxsize=64)
+def _normalized_to_index(grid: Grid) -> Tensor:
+    """Cached float64 normalised -> index matrix of ``grid``; read-only."""
+    return grid.normalized_to_index_matrix()
+
+
+@functools.lru_cache(maxsize=64)  # a registration asks for the same bounds at every evaluation
 def _normalized_bounds(grid: Grid, margin: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Per-axis ``(lo, hi)`` limits, in normalised coordinates, of the inside region.
 
     Uses the same index <-> normalised map as :meth:`Grid.normalized_to_index_matrix`
-    (``index = (n + 1) * half`` with ``half = max(size - 1, 1) / 2``).
+    (``index = (n + 1) * half`` with ``half = max(size - 1, 1) / 2``). Cached: read-only.
     """
     slack = max(margin, INSIDE_TOLERANCE)  # a positive margin is an exact rule (ITK's), no extra slack
     half = torch.tensor([max(s - 1, 1) / 2.0 for s in grid.size], dtype=torch.float64)
@@ -113,7 +120,7 @@ def sample_normalized(
 
     if mode == "bspline":
         coefficients = moving if prefiltered else bspline_prefilter(moving)
-        to_index = moving_grid.normalized_to_index_matrix()
+        to_index = _normalized_to_index(moving_grid)
         index = apply_affine(to_index, coords.reshape(b, -1, d))
         values = bspline_sample(coefficients, index)
     else:

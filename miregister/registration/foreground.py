@@ -59,7 +59,16 @@ def foreground_mask(image: Image, margin_mm: float = 10.0) -> torch.Tensor:
         return torch.ones(image.shape, dtype=torch.bool)
     factor = max(1, int(margin_mm / 5.0 / spacing.min()))
     if factor == 1:
-        return torch.from_numpy(_within(inside, spacing, margin_mm))
+        # Only the object's bounding box plus the margin can be within the margin of it.
+        reach = np.floor(margin_mm / spacing).astype(int) + 1
+        box = []
+        for axis in range(inside.ndim):
+            occupied = np.flatnonzero(inside.any(axis=tuple(k for k in range(inside.ndim) if k != axis)))
+            box.append(slice(max(0, int(occupied[0]) - reach[axis]), int(occupied[-1]) + reach[axis] + 1))
+        box = tuple(box)
+        out = np.zeros(inside.shape, dtype=bool)
+        out[box] = _within(np.ascontiguousarray(inside[box]), spacing, margin_mm)
+        return torch.from_numpy(out)
     return torch.from_numpy(_distance_to(inside, spacing, factor) <= margin_mm)
 
 

@@ -80,6 +80,18 @@ class Level:
     fixed_mask: torch.Tensor | None
     moving_mask: torch.Tensor | None
     _coefficients: torch.Tensor | None = field(default=None, repr=False)
+    _ranges: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def value_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, 2)`` (min, max) intensities of ``fixed`` within ``fixed_mask`` and of ``moving``
+        within ``moving_mask``: the histogram ranges of every problem at this level, computed once."""
+        if self._ranges is None:
+            def value_range(image: Image, mask: torch.Tensor | None) -> torch.Tensor:
+                values = image.data[0] if mask is None else image.data[0][mask]
+                return torch.stack((values.min(), values.max()))[None]
+
+            self._ranges = (value_range(self.fixed, self.fixed_mask), value_range(self.moving, self.moving_mask))
+        return self._ranges
 
     def moving_coefficients(self) -> torch.Tensor:
         """Cubic B-spline coefficients of ``moving`` ``(1, C, *shape)``, computed once per level."""

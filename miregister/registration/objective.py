@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from ..image import Image
 from ..mi.bins import SOFT_AUTO_FACTOR, auto_bins
 from .levels import Level
 from .optimize import LevelProblem
@@ -81,16 +80,13 @@ def level_problem(
     moving_mask = None if level.moving_mask is None else level.moving_mask.to(moving.dtype)[None, None]
     centred = points[0] - points[0].mean(dim=0)
     radius = float(centred.pow(2).sum(dim=1).mean().sqrt().clamp(min=1.0))
-
-    def value_range(image: Image, mask: torch.Tensor | None) -> torch.Tensor:
-        values = image.data[0] if mask is None else image.data[0][mask]
-        return torch.stack((values.min(), values.max()))[None]
+    fixed_range, moving_range = level.value_ranges()
 
     problem = LevelProblem(
         points=points, fixed_values=fixed_values, fixed_weights=weights,
         moving=level.moving_coefficients() if stage.interpolation == "bspline" else moving.batch(),
         moving_grid=moving.grid, moving_mask=moving_mask,
-        fixed_range=value_range(fixed, level.fixed_mask), moving_range=value_range(moving, level.moving_mask),
+        fixed_range=fixed_range, moving_range=moving_range,
         bins=level_bins(AUTO_MIN_BINS if stage.bins == "auto" else stage.bins, int(points.shape[1])),
         kernel=level_kernel(opts.kernel, last_level), radius=radius, interpolation=stage.interpolation,
     )

@@ -269,7 +269,11 @@ class RegistrationOptions:
     threads : int or None
         CPU threads of torch's kernels during the registration (``torch.set_num_threads``,
         restored afterwards). ``None`` (default): the CPUs this process may use
-        (``os.sched_getaffinity``); the count used is recorded here and in the report.
+        (``os.sched_getaffinity``); the count used is recorded here and in the report. It
+        applies to the image-sized work (foreground mask, pyramid levels, final warp,
+        validation); the optimisation (metric evaluations, start searches, flip check) runs on
+        one thread (:func:`~miregister.threads.optimisation_threads`: its ops are small, and
+        more threads cost futex wake-ups or, spinning, starve concurrent runs).
     stages : dict
         Per-stage :class:`StageOptions` overrides, keyed by stage name.
     """

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InputError
 from ..io import as_image, check_image
-from ..threads import with_threads
+from ..threads import optimisation_threads, with_threads
 from ..warp import resample
 from .inputs import choose_device, input_records, load_mask, single_channel, starting_transform
 from .levels import LevelCache, check_level_sizes
@@ -73,7 +73,9 @@ def register(
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``auto_search``, ``strict``, ``optimizer``, ``seed``, ``device``,
         ``dtype``, ``validate``, ``knn_samples``, ``verbose``: progress on stderr, off by
-        default, ``threads``: CPU threads, default the CPUs this process may use) and per-stage options
+        default, ``threads``: CPU threads of the preparation, the final warp and the validation, default
+        the CPUs this process may use; the optimisation runs on one thread, see
+        :func:`~miregister.threads.optimisation_threads`) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``
         in mm, ``regularization``, ``interpolation``), either one value for all stages or a
@@ -140,35 +142,43 @@ def register(
     history: list[dict[str, Any]] = []
     searches: list[dict[str, Any] | None] = []  # what the automatic start searches did (quality report)
     timings: dict[str, float] = {"preparation": time.perf_counter() - start}
-    for index, kind in enumerate(stages):
-        stage_start = time.perf_counter()
-        stage = opts.stage(kind)
-        if kind in DEFORMABLE_STAGES:
-            current = run_deformable(kind, current, stage, cache, opts, fixed_img, history, index, callback)
-        else:
-            current = LINEAR_CLASSES[kind].from_transform(current).to(device=device, dtype=dtype)
-            first_linear = not any(h["stage"] in LINEAR_CLASSES for h in history)
-            coarsest = cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0])
-            if first_linear and opts.auto_search:
-                searches.append(translation_search(current, coarsest, stage, opts, moving_img.grid))
-            if opts.rotation_search and kind != "translation" and first_linear:
-                rotation_search(current, coarsest, stage, opts)
-            # After the coarsest level, a cheap check of its result against 29 re-orientations
-            # of it (axis swaps and flips, 45 degrees about each axis).
-            def check_orientation(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> bool:
-                if level_index != 0:
-                    return False
-                info = orientation_check(transform, coarsest, stage, opts, kind, cache, history, index)
-                searches.append(info)
-                return info["ran"]  # the check ran the finer levels itself
+    for kind in stages:  # the pyramid levels are image-sized work: built on the user's threads
+        for factor, sigma in zip(opts.stage(kind).shrink_factors, opts.stage(kind).smoothing_sigmas):
+            cache.get(factor, sigma)
+    with optimisation_threads():  # one CPU thread while optimising (threads.py says why)
+        for index, kind in enumerate(stages):
+            stage_start = time.perf_counter()
+            stage = opts.stage(kind)
+            if kind in DEFORMABLE_STAGES:
+                current = run_deformable(kind, current, stage, cache, opts, fixed_img, history, index, callback)
+            else:
+                current = LINEAR_CLASSES[kind].from_transform(current).to(device=device, dtype=dtype)
+                first_linear = not any(h["stage"] in LINEAR_CLASSES for h in history)
+                coarsest = cache.get(stage.shrink_factors[0], stage.smoothing_sigmas[0])
+                if first_linear and opts.auto_search:
+                    searches.append(translation_search(current, coarsest, stage, opts, moving_img.grid))
+                if opts.rotation_search and kind != "translation" and first_linear:
+                    rotation_search(current, coarsest, stage, opts)
+                # After the coarsest level, a cheap check of its result against 29 re-orientations
+                # of it (axis swaps and flips, 45 degrees about each axis).
+                def check_orientation(level_index: int, transform=current, stage=stage, kind=kind, index=index) -> bool:
+                    if level_index != 0:
+                        return False
+                    info = orientation_check(transform, coarsest, stage, opts, kind, cache, history, index)
+                    searches.append(info)
+                    return info["ran"]  # the check ran the finer levels itself
 
-            check = first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1
-            run_levels(kind, current, stage, cache, opts, history, index, callback=callback,
-                        after_level=check_orientation if check else None)
-        timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
+                check = first_linear and opts.auto_search and kind != "translation" and len(stage.shrink_factors) > 1
+                run_levels(kind, current, stage, cache, opts, history, index, callback=callback,
+                            after_level=check_orientation if check else None)
+            timings[f"stage {index}: {kind}"] = time.perf_counter() - stage_start
     current = current.eval()
     for parameter in current.parameters():
         parameter.requires_grad_(False)
+    flip_start = time.perf_counter()
+    with optimisation_threads():  # 29 small coarse-level evaluations: as the optimisation
+        flip_check = final_flip_check(current, cache, stages, opts)
+    flip_seconds = time.perf_counter() - flip_start
 
     warp_start = time.perf_counter()
     warped = resample(moving_dev, current, fixed_dev.grid)
@@ -183,9 +193,9 @@ def register(
     quality_start = time.perf_counter()
     quality = assess(
         history=history, validation=validation, searches=[s for s in searches if s],
-        flip_check=final_flip_check(current, cache, stages, opts),
+        flip_check=flip_check,
     )
-    timings["quality"] = time.perf_counter() - quality_start
+    timings["quality"] = time.perf_counter() - quality_start + flip_seconds
     timings["total"] = time.perf_counter() - start
     result = RegistrationResult(
         transform=current, warped=warped.to("cpu"), fixed=fixed_img, moving=moving_img,
