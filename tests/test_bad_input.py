@@ -282,7 +282,7 @@ def test_memory_estimate_scales_with_voxels_and_stages():
     # per-voxel slope of the model = the module's constants (8x the voxels, same fixed overhead)
     slope = (est[large, "affine"] - est[small, "affine"]) / (large.numel - small.numel)
     assert slope == pytest.approx(memory.LINEAR_FIXED_BYTES + memory.MOVING_BYTES)
-    assert est[large, "bspline"] > 2 * est[large, "affine"]
+    assert est[large, "bspline"] > est[large, "affine"]  # a deformable run holds more
     cuda = memory.estimate_peak_bytes(large, large, ["affine"], affine, torch.device("cuda"))
     assert cuda.host == memory.FOREGROUND_BYTES * large.numel and cuda.device == est[large, "affine"]
 

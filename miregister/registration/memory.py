@@ -19,21 +19,22 @@ per voxel set by what each phase holds at once (float32 working dtype, CPU). Mea
   coefficients, masks, warped image) ~39 B per voxel; the peak is the validation's MI or the
   final warp, within a few %;
 * deformable stages (B-spline or SVF): the optimisation holds the displacement on the level
-  grid with the autograd graph of its evaluation, but the peak comes after it, in the dense
-  final warp (``register``'s ``resample``: fixed-grid points, the deformation's displacement,
-  the mapped points and the normalised sampling coordinates, 12 B each, ~112 B per voxel with
-  what is held). The validation's Jacobian determinant, once the peak (float64 on the whole
-  grid, ~240 B/voxel), is computed in slabs
-  (:func:`~miregister.regularizers.transform_jacobian`) and kept as float32 (4 B) for the QC
-  picture and the ``--jacobian`` image.
+  grid with the autograd graph of its evaluation; after it, the dense final warp and the
+  validation's warps evaluate the deformation slab by slab (:data:`miregister.warp.DENSE_SLAB_VOXELS`),
+  and the validation's Jacobian determinant, once the peak (float64 on the whole grid,
+  ~240 B/voxel), is computed in slabs (:func:`~miregister.regularizers.transform_jacobian`)
+  and kept as float32 (4 B) for the QC picture and the ``--jacobian`` image: ~49 B per voxel
+  with what is held, the peak in the validation.
 
 The constants below are what peak RSS shows on the sample brain at 2 mm (98x116x94) and 1 mm
-(196x232x188), above the two loaded images: affine 164 MB / 456 MB (39 B per voxel +
-~120 MB), B-spline 213 / 1050 MB and SVF 215 / 1054 MB (112 B + ~95 MB); before the slab-wise
-Jacobian, centre of mass and foreground smoothing they were 173 / 699, 493 / 2498 and
-604 / 2451 MB. The estimate is within 2 % of those. float64 doubles the torch part. Writing
-the run folder afterwards (``write_run``: transform files, inverse, displacement images, QC)
-is not part of the estimate; for deformable runs it can take more than ``register`` did.
+(196x232x188), above the two loaded images (``benchmarks/memory.py``, RESULTS.md): affine
+144 MB / 461 MB (39 B per voxel + ~120 MB), B-spline 221 / 526 MB and SVF 211 / 585 MB
+(49 B + ~170 MB); before the slab-wise Jacobian, warps, centre of mass and foreground smoothing
+they were 173 / 699, 493 / 2498 and 604 / 2451 MB. The estimate is within 13 % of those,
+above them except for the 1 mm affine (-2 %). float64 doubles the torch part. Writing the run
+folder afterwards (``write_run``: transform files, the inverse, displacement images, QC) is
+not part of the estimate; for deformable runs it takes more than ``register`` did (the
+numerical inverse of the displacement on the whole grid: 1.4 GB above the images at 1 mm).
 """
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ FOREGROUND_BYTES = 28
 LINEAR_FIXED_BYTES = 31
 #: Bytes per moving voxel: its smoothed levels, the B-spline coefficients, smoothing copies.
 MOVING_BYTES = 8
-#: Bytes per fixed voxel of a deformable run (its dense final warp is the peak).
-DEFORMABLE_FIXED_BYTES = 104
+#: Bytes per fixed voxel of a deformable run (validation or the slab-wise final warp is the peak).
+DEFORMABLE_FIXED_BYTES = 41
 #: Fixed overhead of a run (histograms, KNN validation, libraries' workspaces, allocator slack).
-OVERHEAD_BYTES = {"linear": 120e6, "deformable": 95e6}
+OVERHEAD_BYTES = {"linear": 120e6, "deformable": 170e6}
 
 #: Where the host's free memory is read (MemAvailable).
 MEMINFO = Path("/proc/meminfo")
