@@ -129,7 +129,7 @@ def test_manifest_needs_id_and_moving_columns(tmp_path):
 
 
 def test_fit_workers_fills_the_cpus():
-    assert fit_workers(None, None, cpus=8) == (4, 2)
+    assert fit_workers(None, None, cpus=8) == (8, 1)
     assert fit_workers(None, 4, cpus=8) == (2, 4)
     assert fit_workers(3, None, cpus=8) == (3, 2)
     assert fit_workers(None, None, cpus=1) == (1, 1)

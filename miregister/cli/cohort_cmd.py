@@ -40,7 +40,7 @@ def add_parser(commands) -> None:
     coh.add_argument("--workers", type=int_at_least(1),
                      help="pairs registered at once: local worker processes (default: fitted to the CPUs), or SLURM jobs (default 4)")
     coh.add_argument("--threads-per-worker", type=int_at_least(1), metavar="K",
-                     help="CPU threads of each pair's registration (default: 2 locally, fitted with --workers to the CPUs; "
+                     help="CPU threads of each pair's registration (default: 1 locally, one pair per CPU, or fitted with --workers to the CPUs; "
                           "1 on a running scheduler; cores per job on SLURM)")
     coh.add_argument("--scheduler", metavar="ADDRESS|slurm",
                      help="tcp://host:port of a running Dask scheduler, or slurm (needs dask-jobqueue; queue, account, memory "

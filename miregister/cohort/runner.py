@@ -70,9 +70,10 @@ def fit_workers(workers: int | None, threads_per_worker: int | None, cpus: int |
     """Worker processes and threads per pair for a local cluster, fitted to ``cpus`` (default:
     the CPUs this process may run on, ``os.sched_getaffinity``).
 
-    Unset values fill the CPUs: both unset gives 2 threads per pair (PyTorch's CPU kernels
-    scale well to 2 threads; beyond that, more pairs at once give more pairs per hour) and
-    as many workers as fit; one set, the other fills the rest.
+    Unset values fill the CPUs: both unset gives 1 thread per pair and one worker per CPU (a
+    registration's optimisation runs on one thread anyway, so more pairs at once give more
+    pairs per hour: 1175 against 677 per hour with 2 workers x 1 thread against 1 x 2 on 2
+    cores, benchmarks/cohort.py); one set, the other fills the rest.
     """
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -80,7 +81,7 @@ def fit_workers(workers: int | None, threads_per_worker: int | None, cpus: int |
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be a positive integer, got {value!r}")
     if threads_per_worker is None:
-        threads_per_worker = max(1, cpus // workers) if workers else min(2, cpus)
+        threads_per_worker = max(1, cpus // workers) if workers else 1
     if workers is None:
         workers = max(1, cpus // threads_per_worker)
     return workers, threads_per_worker
