@@ -23,18 +23,19 @@ per voxel set by what each phase holds at once (float32 working dtype, CPU). Mea
   validation's warps evaluate the deformation slab by slab (:data:`miregister.warp.DENSE_SLAB_VOXELS`),
   and the validation's Jacobian determinant, once the peak (float64 on the whole grid,
   ~240 B/voxel), is computed in slabs (:func:`~miregister.regularizers.transform_jacobian`)
-  and kept as float32 (4 B) for the QC picture and the ``--jacobian`` image: ~49 B per voxel
-  with what is held, the peak in the validation.
+  and kept as float32 (4 B) for the QC picture and the ``--jacobian`` image: ~44 B per voxel
+  with what is held, the peak in the validation or the final warp.
 
 The constants below are what peak RSS shows on the sample brain at 2 mm (98x116x94) and 1 mm
 (196x232x188), above the two loaded images (``benchmarks/memory.py``, RESULTS.md): affine
-144 MB / 461 MB (39 B per voxel + ~120 MB), B-spline 221 / 526 MB and SVF 211 / 585 MB
-(49 B + ~170 MB); before the slab-wise Jacobian, warps, centre of mass and foreground smoothing
-they were 173 / 699, 493 / 2498 and 604 / 2451 MB. The estimate is within 13 % of those,
-above them except for the 1 mm affine (-2 %). float64 doubles the torch part. Writing the run
-folder afterwards (``write_run``: transform files, the inverse, displacement images, QC) is
-not part of the estimate; for deformable runs it takes more than ``register`` did (the
-numerical inverse of the displacement on the whole grid: 1.4 GB above the images at 1 mm).
+144 MB / 461 MB (39 B per voxel + ~120 MB), B-spline 221 / 466 MB and SVF 211 / 551 MB
+(44 B + ~170 MB); before the slab-wise Jacobian, warps, centre of mass and foreground smoothing
+they were 173 / 699, 493 / 2498 and 604 / 2451 MB. The estimate is within 17 % of those (above
+them but for the 1 mm affine, -2 %, the 1 mm SVF, -1 %, and the 2 mm B-spline, -2 %). float64
+doubles the torch part. Writing the run folder afterwards (``write_run``: transform files, the
+inverse, displacement images, QC) is not part of the estimate; for deformable runs it takes
+more than ``register`` did (the inverse displacement held in float64 on the whole fixed grid,
+with the field it inverts: 1.06 GB above the images at 1 mm).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ LINEAR_FIXED_BYTES = 31
 #: Bytes per moving voxel: its smoothed levels, the B-spline coefficients, smoothing copies.
 MOVING_BYTES = 8
 #: Bytes per fixed voxel of a deformable run (validation or the slab-wise final warp is the peak).
-DEFORMABLE_FIXED_BYTES = 41
+DEFORMABLE_FIXED_BYTES = 36
 #: Fixed overhead of a run (histograms, KNN validation, libraries' workspaces, allocator slack).
 OVERHEAD_BYTES = {"linear": 120e6, "deformable": 170e6}
 
