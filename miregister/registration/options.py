@@ -273,7 +273,9 @@ class RegistrationOptions:
         applies to the image-sized work (foreground mask, pyramid levels, final warp,
         validation); the optimisation (metric evaluations, start searches, flip check) runs on
         one thread (:func:`~miregister.threads.optimisation_threads`: its ops are small, and
-        more threads cost futex wake-ups or, spinning, starve concurrent runs).
+        more threads cost futex wake-ups or, spinning, starve concurrent runs), except the
+        levels of a deformable stage with a dense field of at least 2 M voxels, which use
+        ``threads`` (:func:`~miregister.threads.level_threads`).
     stages : dict
         Per-stage :class:`StageOptions` overrides, keyed by stage name.
     """

@@ -74,7 +74,7 @@ def register(
         ``kernel``, ``initialization``, ``rotation_search``, ``auto_search``, ``strict``, ``optimizer``, ``seed``, ``device``,
         ``dtype``, ``validate``, ``knn_samples``, ``verbose``: progress on stderr, off by
         default, ``threads``: CPU threads of the preparation, the final warp and the validation, default
-        the CPUs this process may use; the optimisation runs on one thread, see
+        the CPUs this process may use, and of deformable levels of 2 M voxels or more; the rest of the optimisation runs on one thread, see
         :func:`~miregister.threads.optimisation_threads`) and per-stage options
         (:class:`~miregister.registration.options.StageOptions`: ``shrink_factors``,
         ``smoothing_sigmas`` in mm, ``iterations``, ``samples``, ``bins``, ``control_spacing``

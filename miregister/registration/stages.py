@@ -9,6 +9,7 @@ import torch
 
 from ..grid import Grid
 from ..image import Image
+from ..threads import level_threads, torch_threads
 from ..transforms import Affine, Composite, Rigid, Similarity, SpatialTransform, Translation
 from .levels import Level, LevelCache
 from .objective import auto_level_bins, level_problem
@@ -56,10 +57,12 @@ def run_levels(
             if stage.bins == "auto":
                 problem.bins = auto_level_bins(problem, samples)
             initial, overlap, _ = problem.score(samples, check_overlap=False)
-        values = optimize_level(
-            transform, problem, iterations, opts.optimizer,
-            on_iteration=observer(kind, level_index, transform, progress, callback),
-        )
+        dense_voxels = 0 if problem.dense is None or problem.dense.pointwise else level.fixed.grid.numel
+        with torch_threads(level_threads(opts.threads, dense_voxels)):
+            values = optimize_level(
+                transform, problem, iterations, opts.optimizer,
+                on_iteration=observer(kind, level_index, transform, progress, callback),
+            )
         with torch.no_grad():
             final, overlap = problem.metric(transform)
         history.append({
