@@ -312,9 +312,7 @@ def _slab_pass(
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Determinant slab by slab: ``field(lo, hi, sub_grid)`` gives ``(B, *sub_grid.shape, D)``."""
     n, plane = grid.shape[0], int(np.prod(grid.shape[1:]))
-    if mask is not None:
-        mask = mask.to(torch.bool)
-        mask = mask.expand(batch, *grid.shape) if mask.dim() == grid.ndim + 1 else mask[None].expand(batch, *grid.shape)
+    mask = _batch_mask(mask, (batch, *grid.shape))
     det_out = torch.empty((batch, *grid.shape), dtype=torch.float32) if keep else None
     summary = _Summary(batch)
     ainv = _inverse_index_matrix(grid, torch.empty(0, dtype=torch.float64))
@@ -335,12 +333,18 @@ def _slab_pass(
     return det_out, summary.result()
 
 
+def _batch_mask(mask: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+    """A boolean mask ``(B, *spatial)`` or ``(*spatial)`` expanded to ``shape`` = ``(B, *spatial)``."""
+    if mask is None:
+        return None
+    mask = mask.to(torch.bool)
+    return mask.expand(shape) if mask.dim() == len(shape) else mask[None].expand(shape)
+
+
 def _statistics_of(det: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
     summary = _Summary(det.shape[0])
-    if mask is not None:
-        mask = mask.to(torch.bool).cpu()
-        mask = mask.expand_as(det) if mask.dim() == det.dim() else mask[None].expand_as(det)
-    summary.add(det.double(), mask)
+    mask = _batch_mask(mask, tuple(det.shape))
+    summary.add(det.double(), None if mask is None else mask.cpu())
     return summary.result()
 
 

@@ -109,7 +109,7 @@ def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int = 64) -> np.ndarray
     ``np.histogram2d(a, b, bins).T``), counted by ``bincount`` (~20x faster than histogram2d
     on a 1 M-voxel pair) in chunks of :data:`HISTOGRAM_CHUNK` voxels (no whole-image temporaries)."""
     a, b = a.ravel(), b.ravel()
-    (a_low, a_high), (b_low, b_high) = (_edges(x, bins)[[0, -1]] for x in (a, b))
+    (a_low, a_high), (b_low, b_high) = (_value_range(x) for x in (a, b))
     counts = np.zeros(bins * bins, dtype=np.int64)
     for start in range(0, a.size, HISTOGRAM_CHUNK):
         part = slice(start, start + HISTOGRAM_CHUNK)
@@ -118,12 +118,11 @@ def _joint_histogram(a: np.ndarray, b: np.ndarray, bins: int = 64) -> np.ndarray
     return np.log1p(counts.reshape(bins, bins).astype(np.float64))
 
 
-def _edges(x: np.ndarray, bins: int) -> np.ndarray:
-    """The bin edges ``np.histogram2d(..., bins=bins)`` makes for ``x`` (numpy's histogramdd rule)."""
+def _value_range(x: np.ndarray) -> tuple[float, float]:
+    """The outer bin edges ``np.histogram2d`` uses for ``x``: its min and max, or ``v -+ 0.5``
+    for a constant ``v`` (numpy's histogramdd rule)."""
     low, high = float(x.min()), float(x.max())
-    if low == high:
-        low, high = low - 0.5, high + 0.5
-    return np.linspace(low, high, bins + 1)
+    return (low - 0.5, high + 0.5) if low == high else (low, high)
 
 
 def _mark_tiles(ax, shape: tuple[int, int], tiles: int = 8) -> None:

@@ -137,7 +137,7 @@ def invert_displacement(
     """
     channels = field.detach().movedim(-1, 1).contiguous()  # (B, D, *shape), sampled every iteration
     limit = tolerance * min(grid.spacing)
-    out = torch.empty_like(field, dtype=field.dtype)
+    out = torch.empty_like(field)
     # Voxel by voxel the iteration is independent of the others, so it runs slab by slab (planes
     # along the slowest axis): a whole 1 mm field's points, iterate, samples and residuals at once
     # took ~150 bytes a voxel.
