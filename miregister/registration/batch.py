@@ -4,8 +4,9 @@ Each pair runs the whole :func:`~miregister.registration.register` pipeline (inp
 start searches, validation, quality) in its own Python thread, so everything but the hot loop
 is exactly a single run's. The hot loop is shared: while a :class:`Batcher` is active in a
 thread, :func:`~miregister.registration.optimize.optimize_level` hands each evaluation of its
-loss to the batcher instead of computing it. The threads inside ``optimize_level`` are the
-batcher's *participants*; when every participant waits for an evaluation, one of them
+loss to the batcher instead of computing it. The threads in their optimisation phase (from the
+first stage to the last, searches included) are the batcher's *participants*; when every
+participant waits for an evaluation, one of them
 evaluates all waiting requests at once: each pair's transform maps its own sample points, then
 one ``grid_sample`` (or cubic B-spline sample) over the pairs' stacked moving images
 ``(B, C, *shape)`` and one soft-binned MI over ``(B, N)`` samples with per-pair bins' ranges.
@@ -94,11 +95,21 @@ class Batcher:
 
     @contextlib.contextmanager
     def participant(self) -> Iterator[None]:
+        """Count the calling thread among those an evaluation waits for, until the block ends.
+        Re-entrant: ``register`` brackets its whole optimisation phase (stage loop, searches),
+        ``optimize_level`` each level inside it; the thread counts once. A thread between two
+        levels (building the next level's problem) is thus still waited for, so the pairs'
+        evaluations keep sharing passes instead of drifting apart."""
+        if getattr(_local, "participating", None) is self:
+            yield
+            return
         with self._cond:
             self._participants += 1
+        _local.participating = self
         try:
             yield
         finally:
+            _local.participating = None
             with self._cond:
                 self._participants -= 1
                 self._cond.notify_all()  # the others may now all be waiting: one of them evaluates

@@ -22,7 +22,7 @@ from ..errors import RegistrationError
 from ..grid import Grid
 from ..interpolation import sample
 
-__all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "RegistrationError"]
+__all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "batch_participation", "RegistrationError"]
 
 # Parameters whose unit is dimensionless (radians, matrix entries, log-scale): scaled by radius.
 _ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
@@ -35,6 +35,14 @@ def _active_batcher():
     from .batch import active_batcher  # batch imports this module
 
     return active_batcher()
+
+
+def batch_participation() -> contextlib.AbstractContextManager:
+    """In a thread of :func:`~miregister.registration.batch.register_batch`, count this pair
+    among those whose metric evaluations are batched until the block ends (re-entrant); a
+    no-op in a single run."""
+    batcher = _active_batcher()
+    return batcher.participant() if batcher is not None else contextlib.nullcontext()
 
 
 class _Scaled(nn.Module):
@@ -274,7 +282,7 @@ def optimize_level(
                 on_iteration(history[-1])
             return loss
 
-        with batcher.participant() if batcher is not None else contextlib.nullcontext():
+        with batch_participation():
             if optimizer == "lbfgs":
                 opt = _LBFGS(
                     variables, lr=1.0, max_iter=iterations, max_eval=int(iterations * 1.25) + 1,

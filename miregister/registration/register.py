@@ -18,6 +18,7 @@ from ..warp import resample
 from .inputs import choose_device, input_records, load_mask, single_channel, starting_transform
 from .levels import LevelCache, check_level_sizes
 from .memory import check_memory
+from .optimize import batch_participation
 from .options import DEFORMABLE_STAGES, build_options, parse_stages
 from .progress import IterationInfo
 from .quality import DoubtfulRegistrationError, assess
@@ -145,7 +146,9 @@ def register(
     for kind in stages:  # the pyramid levels are image-sized work: built on the user's threads
         for factor, sigma in zip(opts.stage(kind).shrink_factors, opts.stage(kind).smoothing_sigmas):
             cache.get(factor, sigma)
-    with optimisation_threads():  # one CPU thread while optimising (threads.py says why)
+    # one CPU thread while optimising (threads.py says why); in a batch, the other pairs'
+    # evaluations wait for this pair's until its optimisation is over
+    with optimisation_threads(), batch_participation():
         for index, kind in enumerate(stages):
             stage_start = time.perf_counter()
             stage = opts.stage(kind)
