@@ -96,7 +96,7 @@ def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
     return w, dw
 
 
-def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+def _taps(index: Tensor, shape: tuple[int, ...], batch: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """Flat tap indices ``(B, 4^D, P)`` into the volume, weights and weight derivatives ``(B, D, 4, P)``.
 
     Everything is tap-major (points last), so that the contraction adds contiguous vectors.
@@ -106,29 +106,49 @@ def _taps(index: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor
     position = index.transpose(1, 2)  # (B, D, P)
     base = torch.floor(position)
     w, dw = _weights(position - base)
-    return _tap_indices(base, shape), w, dw
+    return _tap_indices(base, shape, batch), w, dw
 
 
-def _tap_indices(base: Tensor, shape: tuple[int, ...]) -> Tensor:
+def _tap_indices(base: Tensor, shape: tuple[int, ...], batch: int = 1) -> Tensor:
     """Flat tap indices ``(B, 4^D, P)`` of the points whose ``floor`` indices are ``base`` ``(B, D, P)``.
 
     A point whose taps all lie inside the image (``floor`` index in ``[1, size - 3]`` on every
     axis: all but ~0.1-1 % of a registration's samples) needs no mirroring: its taps are its base
     voxel's flat index plus a fixed offset per tap, one addition of ``(B, 4^D, P)``. The other
     points get the per-axis mirrored taps (:func:`_mirrored_tap_indices`). Same indices either way.
+    The dtype is int32 when ``batch`` volumes of this shape fit its range (half the memory
+    traffic of int64, and ``index_select`` takes it), else int64.
     """
     d = base.shape[1]
+    dtype = torch.int32 if batch * math.prod(shape) < 2**31 else torch.int64
     sizes = torch.tensor([shape[d - 1 - axis] for axis in range(d)], dtype=base.dtype, device=base.device)
     inside = ((base >= 1) & (base <= (sizes - 3)[:, None])).all(dim=1)  # (B, P); NaN is not inside
-    index = base.long()
+    # Points far outside would overflow the integer cast; they are mirrored below anyway.
+    index = torch.where(inside[:, None], base, torch.zeros((), dtype=base.dtype, device=base.device)).to(dtype)
     flat = index[:, 0]  # x has stride 1
     for axis in range(1, d):
         flat = flat + index[:, axis] * math.prod(shape[d - axis:])
-    lin = flat[:, None] + _tap_offsets(tuple(shape), base.device)[None, :, None]
+    lin = flat[:, None] + _tap_offsets(tuple(shape), base.device).to(dtype)[None, :, None]
     if not bool(inside.all()):
         b, p = (~inside).nonzero(as_tuple=True)
-        lin[b, :, p] = _mirrored_tap_indices(base[b, :, p].T[None], shape)[0].T
+        lin[b, :, p] = _mirrored_tap_indices(base[b, :, p].T[None], shape)[0].T.to(dtype)
     return lin
+
+
+def _gather(flat: Tensor, lin: Tensor) -> Tensor:
+    """Values of ``flat`` ``(B, C, N)`` at the flat indices ``lin`` ``(B, T, P)``: ``(B, C, T, P)``.
+
+    One ``index_select`` over the batch's volumes laid end to end: on the CPU it is ~3x faster
+    than ``torch.gather`` with an expanded index (80k points x 64 taps: 14 vs 47 ms).
+    """
+    b, c, n = flat.shape
+    if b > 1:
+        lin = lin + (torch.arange(b, dtype=lin.dtype, device=lin.device) * n)[:, None, None]
+    index = lin.reshape(-1)
+    if c == 1:
+        return flat.reshape(-1).index_select(0, index).reshape(b, 1, *lin.shape[1:])
+    channels = [flat[:, k].reshape(-1).index_select(0, index) for k in range(c)]
+    return torch.stack(channels, 0).reshape(c, b, *lin.shape[1:]).transpose(0, 1)
 
 
 def _mirrored_tap_indices(base: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -204,8 +224,8 @@ class _BSplineSample(torch.autograd.Function):
         chunk = _chunk(index.device)
         for start in range(0, index.shape[1], chunk):
             part = index[:, start:start + chunk]
-            lin, w, dw = _taps(part, shape)
-            taps = torch.gather(flat, 2, lin.reshape(b, 1, -1).expand(b, c, -1)).reshape(b, c, lin.shape[1], -1)
+            lin, w, dw = _taps(part, shape, b)
+            taps = _gather(flat, lin)
             value, gradient = _contract(taps, w, dw if ctx.needs_input_grad[1] else None)
             values_out.append(value)
             if gradient is not None:
@@ -224,14 +244,14 @@ class _BSplineSample(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             index, shape = ctx.index, ctx.shape
             b, c = grad.shape[:2]
-            lin, w, _ = _taps(index, shape)
+            lin, w, _ = _taps(index, shape, b)
             d = len(shape)
             weight = w[:, d - 1]  # outer product of per-axis weights in (z, y, x) tap order, (B, 4^D, P)
             for axis in range(d - 2, -1, -1):
                 weight = (weight[:, :, None] * w[:, axis, None]).flatten(1, 2)
             contrib = (grad.unsqueeze(2) * weight.unsqueeze(1)).reshape(b, c, -1)
             flat = torch.zeros(b, c, math.prod(shape), dtype=grad.dtype, device=grad.device)
-            flat.scatter_add_(2, lin.reshape(b, 1, -1).expand(b, c, -1), contrib)
+            flat.scatter_add_(2, lin.long().reshape(b, 1, -1).expand(b, c, -1), contrib)
             grad_coefficients = flat.reshape((b, c) + shape)
         return grad_coefficients, grad_index
 

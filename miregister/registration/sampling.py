@@ -48,7 +48,7 @@ def sample_points(
     Returns
     -------
     Tensor
-        Points of shape ``(N, D)`` in mm, last axis ``(x, y[, z])``, on ``device``
+        Points of shape ``(N, D)`` in mm, last axis ``(x, y[, z])``, in flat voxel order, on ``device``
         (and the flat indices when ``return_indices``).
 
     Raises
@@ -70,7 +70,10 @@ def sample_points(
         chosen = torch.arange(total) if candidates is None else candidates
         jitter = False
     else:
-        pick = torch.randperm(total, generator=generator)[:count]
+        # In voxel order: neighbouring samples then read neighbouring moving voxels, which
+        # keeps the interpolation's gathers in cache (80k cubic samples of a 2 mm brain:
+        # gather ~3x faster than in random order). Which voxels are drawn is unchanged.
+        pick = torch.randperm(total, generator=generator)[:count].sort().values
         chosen = pick if candidates is None else candidates[pick]
     # Flat index (C order over ([z,] y, x)) -> x-first index vector.
     index = []
