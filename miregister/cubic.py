@@ -96,14 +96,14 @@ def _weights(t: Tensor) -> tuple[Tensor, Tensor]:
     return w, dw
 
 
-def _taps(index: Tensor, shape: tuple[int, ...], batch: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-    """Flat tap indices ``(B, 4^D, P)`` into the volume, weights and weight derivatives ``(B, D, 4, P)``.
+def _taps(position: Tensor, shape: tuple[int, ...], batch: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat tap indices ``(B, 4^D, P)`` into the volume, weights and weight derivatives ``(B, D, 4, P)``
+    of the continuous indices ``position`` ``(B, D, P)`` (axis first, x first).
 
     Everything is tap-major (points last), so that the contraction adds contiguous vectors.
     Taps beyond the image are mirrored back into it (as ``scipy.ndimage`` ``mode="mirror"``).
     Tap order is row-major over ``(z, y, x)`` taps, i.e. the last tap axis is x (index axis 0).
     """
-    position = index.transpose(1, 2)  # (B, D, P)
     base = torch.floor(position)
     w, dw = _weights(position - base)
     return _tap_indices(base, shape, batch), w, dw
@@ -195,7 +195,7 @@ def _contract(taps: Tensor, w: Tensor, dw: Tensor | None) -> tuple[Tensor, Tenso
     """Sum the taps ``(B, C, 4^D, P)`` against the per-axis weights ``(B, D, 4, P)``.
 
     Returns the value ``(B, C, P)`` and, when ``dw`` is given, the index gradient
-    ``(B, C, P, D)``. Axes are contracted one at a time, x first (the fastest tap axis); the
+    ``(B, C, D, P)``. Axes are contracted one at a time, x first (the fastest tap axis); the
     value and the D first derivatives are carried along (not the 2^D mixed variants), each
     reusing the partial sums of the axes before it.
     """
@@ -211,40 +211,44 @@ def _contract(taps: Tensor, w: Tensor, dw: Tensor | None) -> tuple[Tensor, Tenso
         value = _dot(value, w[:, axis])
     if dw is None:
         return value[:, :, 0], None
-    return value[:, :, 0], torch.stack([g[:, :, 0] for g in partials], -1)
+    return value[:, :, 0], torch.cat(partials, 2)
 
 
 class _BSplineSample(torch.autograd.Function):
+    """Cubic B-spline values ``(B, C, P)`` at axis-first continuous indices ``(B, D, P)``."""
+
     @staticmethod
-    def forward(ctx, coefficients: Tensor, index: Tensor) -> Tensor:  # noqa: D102 (autograd protocol)
+    def forward(ctx, coefficients: Tensor, position: Tensor) -> Tensor:  # noqa: D102 (autograd protocol)
         b, c = coefficients.shape[:2]
         shape = tuple(coefficients.shape[2:])
         flat = coefficients.reshape(b, c, -1)
-        values_out, grads_out = [], []
-        chunk = _chunk(index.device)
-        for start in range(0, index.shape[1], chunk):
-            part = index[:, start:start + chunk]
-            lin, w, dw = _taps(part, shape, b)
-            taps = _gather(flat, lin)
-            value, gradient = _contract(taps, w, dw if ctx.needs_input_grad[1] else None)
-            values_out.append(value)
-            if gradient is not None:
-                grads_out.append(gradient)
-        if ctx.needs_input_grad[1]:
-            ctx.save_for_backward(torch.cat(grads_out, 2))
-        ctx.shape, ctx.index = shape, (index if ctx.needs_input_grad[0] else None)
-        return torch.cat(values_out, 2)
+        count = position.shape[2]
+        want_gradient = ctx.needs_input_grad[1]
+        values = coefficients.new_empty(b, c, count)
+        gradients = coefficients.new_empty(b, c, len(shape), count) if want_gradient else None
+        chunk = _chunk(position.device)
+        for start in range(0, count, chunk):
+            part = slice(start, start + chunk)
+            lin, w, dw = _taps(position[:, :, part], shape, b)
+            value, gradient = _contract(_gather(flat, lin), w, dw if want_gradient else None)
+            values[:, :, part] = value
+            if gradients is not None:
+                gradients[..., part] = gradient
+        if gradients is not None:
+            ctx.save_for_backward(gradients)
+        ctx.shape, ctx.position = shape, (position if ctx.needs_input_grad[0] else None)
+        return values
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102 (autograd protocol)
-        grad_coefficients = grad_index = None
+        grad_coefficients = grad_position = None
         if ctx.needs_input_grad[1]:
-            (spatial_grads,) = ctx.saved_tensors  # (B, C, P, D)
-            grad_index = (grad.unsqueeze(-1) * spatial_grads).sum(1)
+            (spatial_grads,) = ctx.saved_tensors  # (B, C, D, P)
+            grad_position = (grad.unsqueeze(2) * spatial_grads).sum(1)
         if ctx.needs_input_grad[0]:
-            index, shape = ctx.index, ctx.shape
+            position, shape = ctx.position, ctx.shape
             b, c = grad.shape[:2]
-            lin, w, _ = _taps(index, shape, b)
+            lin, w, _ = _taps(position, shape, b)
             d = len(shape)
             weight = w[:, d - 1]  # outer product of per-axis weights in (z, y, x) tap order, (B, 4^D, P)
             for axis in range(d - 2, -1, -1):
@@ -253,17 +257,19 @@ class _BSplineSample(torch.autograd.Function):
             flat = torch.zeros(b, c, math.prod(shape), dtype=grad.dtype, device=grad.device)
             flat.scatter_add_(2, lin.long().reshape(b, 1, -1).expand(b, c, -1), contrib)
             grad_coefficients = flat.reshape((b, c) + shape)
-        return grad_coefficients, grad_index
+        return grad_coefficients, grad_position
 
 
-def bspline_sample(coefficients: Tensor, index: Tensor) -> Tensor:
-    """Evaluate cubic B-spline coefficients ``(B, C, *spatial)`` at continuous indices ``(B, P, D)``.
+def bspline_sample(coefficients: Tensor, index: Tensor, axis_first: bool = False) -> Tensor:
+    """Evaluate cubic B-spline coefficients ``(B, C, *spatial)`` at continuous indices.
 
-    Indices are x-first (``(i, j[, k])``, voxel units). Taps beyond the image use
-    mirror-extended coefficients (exact for points with index in ``[-1, size]``; values
-    further out are mirror images and must be masked by the caller). Returns
-    ``(B, C, P)`` in the coefficients' dtype, differentiable in ``index`` (analytic spline
-    derivative) and in ``coefficients``.
+    ``index`` is ``(B, P, D)``, or ``(B, D, P)`` with ``axis_first=True`` (the sampler's own
+    layout: a registration's metric maps its points axis first, because a ``(P, D) @ (D, D)``
+    product is ~20x slower on the CPU than ``(D, D) @ (D, P)``). Indices are x first (``(i, j[,
+    k])``, voxel units). Taps beyond the image use mirror-extended coefficients (exact for points
+    with index in ``[-1, size]``; values further out are mirror images and must be masked by the
+    caller). Returns ``(B, C, P)`` in the coefficients' dtype, differentiable in ``index``
+    (analytic spline derivative) and in ``coefficients``.
     """
     index = index.to(coefficients.dtype)
-    return _BSplineSample.apply(coefficients, index)
+    return _BSplineSample.apply(coefficients, index if axis_first else index.transpose(1, 2))

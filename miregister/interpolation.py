@@ -37,7 +37,10 @@ from torch import Tensor
 from .cubic import bspline_prefilter, bspline_sample
 from .grid import Grid, apply_affine
 
-__all__ = ["sample", "sample_normalized", "resample_grid", "check_mode", "physical_to_normalized", "INSIDE_TOLERANCE", "Mode"]
+__all__ = [
+    "sample", "sample_normalized", "sample_at_indices", "resample_grid", "check_mode", "physical_to_normalized",
+    "physical_to_index", "INSIDE_TOLERANCE", "Mode",
+]
 
 Mode = Literal["linear", "nearest", "bspline"]
 
@@ -59,6 +62,12 @@ def physical_to_normalized(grid: Grid) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
+def physical_to_index(grid: Grid) -> Tensor:
+    """Cached float64 mm -> continuous index matrix of ``grid``; read-only."""
+    return grid.physical_to_index_matrix()
+
+
+@functools.lru_cache(maxsize=64)
 def _normalized_to_index(grid: Grid) -> Tensor:
     """Cached float64 normalised -> index matrix of ``grid``; read-only."""
     return grid.normalized_to_index_matrix()
@@ -77,6 +86,16 @@ def _normalized_bounds(grid: Grid, margin: float, dtype: torch.dtype, device: to
     lo = -slack / half - 1.0
     hi = (size - 1.0 + slack) / half - 1.0
     return lo.to(dtype=dtype, device=device), hi.to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _index_bounds(grid: Grid, margin: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-axis ``(lo, hi)`` limits ``(D, 1)``, in continuous indices (x first), of the inside
+    region: ``[-m, size - 1 + m]``, ``m = max(margin, INSIDE_TOLERANCE)``. Cached: read-only."""
+    slack = max(margin, INSIDE_TOLERANCE)
+    size = torch.tensor(grid.size, dtype=torch.float64)
+    lo = torch.full_like(size, -slack)
+    return lo.to(dtype=dtype, device=device)[:, None], (size - 1.0 + slack).to(dtype=dtype, device=device)[:, None]
 
 
 def _broadcast_batch(moving: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,6 +157,62 @@ def sample_normalized(
     if not in_dtype.is_floating_point:  # labels stay labels; interpolated integers become float32
         values = values.round().to(in_dtype) if mode == "nearest" else values.to(torch.float32)
     return values, inside
+
+
+def sample_at_indices(
+    moving: Tensor,
+    moving_grid: Grid,
+    index: Tensor,
+    mode: Mode = "linear",
+    padding_value: float = 0.0,
+    margin: float = 0.0,
+    prefiltered: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Sample a float image at continuous indices of its grid, given axis first.
+
+    The layout of a registration's metric: its points are mapped as ``(D, D) @ (D, N)``
+    products, ~20x faster on the CPU than ``(N, D) @ (D, D)``, and the cubic sampler works
+    axis first.
+
+    Parameters
+    ----------
+    moving : Tensor
+        ``(B, C, *moving_grid.shape)`` float image (or its B-spline coefficients, ``prefiltered``).
+    moving_grid : Grid
+        Geometry of ``moving``.
+    index : Tensor
+        ``(B, D, N)`` continuous indices, x first (voxel units; 0 is the first voxel centre).
+    mode, padding_value, margin, prefiltered
+        As :func:`sample` (``"nearest"`` is not offered here).
+
+    Returns
+    -------
+    values : Tensor
+        ``(B, C, N)``, differentiable with respect to ``index`` (and ``moving``).
+    inside : Tensor
+        ``(B, N)`` bool, True where the index lies inside the image (module notes).
+    """
+    if mode not in ("linear", "bspline"):
+        raise ValueError(f"mode must be 'linear' or 'bspline' here, got {mode!r}")
+    d = moving_grid.ndim
+    if moving.dim() != d + 2 or tuple(moving.shape[2:]) != moving_grid.shape or not moving.is_floating_point():
+        raise ValueError(f"moving image of shape {tuple(moving.shape)} must be a float (B, C, *{moving_grid.shape})")
+    if index.dim() != 3 or index.shape[1] != d:
+        raise ValueError(f"indices must have shape (B, {d}, N), got {tuple(index.shape)}")
+    moving, index = _broadcast_batch(moving, index.to(moving.dtype))
+    b, c = moving.shape[:2]
+    lo, hi = _index_bounds(moving_grid, margin, index.dtype, index.device)
+    inside = ((index >= lo) & (index <= hi)).all(dim=1)
+    if mode == "bspline":
+        values = bspline_sample(moving if prefiltered else bspline_prefilter(moving), index, axis_first=True)
+    else:
+        half = _normalized_to_index(moving_grid).diagonal()[:d].to(dtype=index.dtype, device=index.device)
+        coords = (index / half[:, None] - 1.0).transpose(1, 2)  # grid_sample's [-1, 1], (B, N, D)
+        values = F.grid_sample(
+            moving, coords.reshape(b, -1, *([1] * (d - 1)), d), mode="bilinear", padding_mode="border", align_corners=True,
+        ).reshape(b, c, -1)
+    padding = torch.as_tensor(padding_value, dtype=values.dtype, device=values.device)
+    return torch.where(inside.unsqueeze(1), values, padding), inside
 
 
 # ---------------------------------------------------------------------- public API

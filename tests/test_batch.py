@@ -164,7 +164,7 @@ def test_failing_pairs_fail_alone(monkeypatch):
     movings[3] = movings[3] * 7.0  # recognisable by its intensity range below
     options = dict(FAST_2D, initialization="none")  # a centre initialisation would rescue the far pair
 
-    real_map = LevelProblem._map
+    real_map = LevelProblem.moving_index
     calls = {"marked": 0}
 
     def failing_map(self, transform):
@@ -174,7 +174,7 @@ def test_failing_pairs_fail_alone(monkeypatch):
                 raise RuntimeError("boom in pair 3")
         return real_map(self, transform)
 
-    monkeypatch.setattr(LevelProblem, "_map", failing_map)
+    monkeypatch.setattr(LevelProblem, "moving_index", failing_map)
     outcomes = miregister.register_batch(fixed, movings, "affine", return_exceptions=True, **options)
     assert isinstance(outcomes[1], RegistrationError) and "do not overlap" in str(outcomes[1])
     assert isinstance(outcomes[3], RuntimeError) and "boom in pair 3" in str(outcomes[3])

@@ -32,8 +32,7 @@ from torch import Tensor, nn
 
 from .. import mi
 from ..errors import UsageError
-from ..grid import apply_affine
-from ..interpolation import physical_to_normalized, sample_normalized
+from ..interpolation import sample_at_indices
 from .optimize import MIN_OVERLAP, LevelProblem
 
 __all__ = ["Batcher", "active_batcher", "register_batch"]
@@ -175,7 +174,7 @@ class Batcher:
             moved = []
             for request in group:
                 try:
-                    moved.append(request.problem._map(request.transform))
+                    moved.append(request.problem.moving_index(request.transform))  # (1, D, N) in its own moving grid
                 except Exception as error:  # this pair's transform failed: only it hears of it
                     request.error = error
                     moved.append(None)
@@ -185,21 +184,15 @@ class Batcher:
             requests = [r for r, _ in live]
             problems = [r.problem for r in requests]
             size = max(int(p.points.shape[1]) for p in problems)
-            # Each pair's own moving grid: mm -> normalised coordinates as interpolation.sample does.
-            coords = torch.cat([
-                _pad(apply_affine(physical_to_normalized(p.moving_grid), m), size) for p, (_, m) in zip(problems, live)
-            ])
-            values, inside = sample_normalized(
-                self._stack(tuple(p.moving for p in problems)), first.moving_grid, coords,
-                mode=first.interpolation, padding_value=0.0, margin=0.0, prefiltered=first.interpolation == "bspline",
+            index = torch.cat([F.pad(m, [0, size - m.shape[2]]) for _, m in live])
+            values, inside = sample_at_indices(
+                self._stack(tuple(p.moving for p in problems)), first.moving_grid, index,
+                mode=first.interpolation, prefiltered=first.interpolation == "bspline",
             )
             fixed_weights = torch.cat([_pad(p.fixed_weights, size) for p in problems])  # padding has weight 0
             weights = fixed_weights * inside.to(fixed_weights.dtype)
             if first.moving_mask is not None:
-                mask_values, _ = sample_normalized(
-                    self._stack(tuple(p.moving_mask for p in problems)), first.moving_grid, coords,
-                    mode="linear", padding_value=0.0, margin=0.0,
-                )
+                mask_values, _ = sample_at_indices(self._stack(tuple(p.moving_mask for p in problems)), first.moving_grid, index)
                 weights = weights * mask_values[:, 0]
             overlap = weights.sum(dim=1) / fixed_weights.sum(dim=1)
             value = mi.soft_mutual_information(

@@ -20,7 +20,8 @@ from torch.nn.utils import parametrize
 from .. import mi
 from ..errors import RegistrationError
 from ..grid import Grid
-from ..interpolation import sample
+from ..interpolation import physical_to_index, sample_at_indices
+from ..transforms.linear import CenteredLinearTransform
 
 __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "batch_participation", "RegistrationError"]
 
@@ -141,16 +142,43 @@ class LevelProblem:
         displacement = field.reshape(field.shape[0], -1, d)[:, self.dense.indices]
         return self.dense.linear(self.points + displacement)
 
+    def moving_index(self, transform: nn.Module) -> Tensor:
+        """The moved sample points as continuous indices of the moving grid, axis first ``(1, D, N)``.
+
+        A centred linear transform ``A (x - c) + c + t`` and the moving grid's mm -> index map
+        are composed into one ``(D, D)`` matrix (in float64) applied to the centred points
+        stored axis first: one small product per evaluation instead of three ``(N, D) @ (D, D)``
+        ones, each ~20x slower on the CPU.
+        """
+        to_index = physical_to_index(self.moving_grid).to(self.points.device)
+        d = self.points.shape[-1]
+        scale, offset = to_index[:d, :d], to_index[:d, d]
+        if self.dense is None and isinstance(transform, CenteredLinearTransform) and transform.batch_size == 1:
+            center = transform.center[0]
+            matrix = (scale @ transform.linear_part()[0].double()).to(self.points.dtype)
+            shift = (scale @ (center + transform.translation[0]).double() + offset).to(self.points.dtype)
+            return torch.addmm(shift[:, None], matrix, self._centred_points(center))[None]
+        moved = self._map(transform)  # (1, N, D) mm
+        return scale.to(moved.dtype) @ moved.transpose(1, 2) + offset.to(moved.dtype)[:, None]
+
+    def _centred_points(self, center: Tensor) -> Tensor:
+        """``(points - center)`` axis first ``(D, N)``, kept while the centre stays the same."""
+        cached = self.__dict__.get("_centred")
+        if cached is None or not torch.equal(cached[0], center):
+            cached = (center.detach().clone(), (self.points[0] - center.detach().to(self.points.dtype)).T.contiguous())
+            self.__dict__["_centred"] = cached
+        return cached[1]
+
     def moving_samples(self, transform: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         """Moving intensities at the moved points ``(1, N)``, their weights ``(1, N)`` (fixed
         mask x inside the moving image x moving mask), and the overlap fraction (scalar)."""
-        moved = self._map(transform)
-        values, inside = sample(
-            self.moving, self.moving_grid, moved, mode=self.interpolation, prefiltered=self.interpolation == "bspline"
+        index = self.moving_index(transform)
+        values, inside = sample_at_indices(
+            self.moving, self.moving_grid, index, mode=self.interpolation, prefiltered=self.interpolation == "bspline"
         )
         weights = self.fixed_weights * inside.to(self.fixed_weights.dtype)
         if self.moving_mask is not None:
-            mask_values, _ = sample(self.moving_mask, self.moving_grid, moved)
+            mask_values, _ = sample_at_indices(self.moving_mask, self.moving_grid, index)
             weights = weights * mask_values[:, 0]
         return values[:, 0], weights, weights.sum() / self.fixed_weights.sum()
 
