@@ -70,7 +70,9 @@ class DenseDeformation:
     only: its flow lives on a coarse grid, so interpolating it at 100k points is cheaper than
     filling (and back-propagating through) the full-resolution grid. ``penalty`` computes the
     regulariser (a scalar, a mean over voxels so independent of the grid's resolution) from the
-    deformation's current parameters; see ``stages.deformation_penalty``.
+    deformation's current parameters; see ``stages.deformation_penalty``. ``at_samples``, where
+    given, computes ``u`` at the sample voxels directly, axis first ``(1, D, N)``
+    (:meth:`~miregister.transforms.BSpline.voxel_displacement`), instead of the whole grid.
     """
 
     linear: nn.Module
@@ -79,6 +81,7 @@ class DenseDeformation:
     indices: Tensor
     penalty: Callable[[], Tensor] | None = None
     pointwise: bool = False
+    at_samples: Callable[[], Tensor] | None = None
 
 
 @dataclass
@@ -145,19 +148,25 @@ class LevelProblem:
     def moving_index(self, transform: nn.Module) -> Tensor:
         """The moved sample points as continuous indices of the moving grid, axis first ``(1, D, N)``.
 
-        A centred linear transform ``A (x - c) + c + t`` and the moving grid's mm -> index map
-        are composed into one ``(D, D)`` matrix (in float64) applied to the centred points
-        stored axis first: one small product per evaluation instead of three ``(N, D) @ (D, D)``
-        ones, each ~20x slower on the CPU.
+        A centred linear transform ``A (x - c) + c + t`` (alone, or after a deformation with
+        ``at_samples``) and the moving grid's mm -> index map are composed into one ``(D, D)``
+        matrix (in float64) applied to the centred points stored axis first: one small product
+        per evaluation instead of three ``(N, D) @ (D, D)`` ones, each ~20x slower on the CPU.
         """
         to_index = physical_to_index(self.moving_grid).to(self.points.device)
         d = self.points.shape[-1]
         scale, offset = to_index[:d, :d], to_index[:d, d]
-        if self.dense is None and isinstance(transform, CenteredLinearTransform) and transform.batch_size == 1:
-            center = transform.center[0]
-            matrix = (scale @ transform.linear_part()[0].double()).to(self.points.dtype)
-            shift = (scale @ (center + transform.translation[0]).double() + offset).to(self.points.dtype)
-            return torch.addmm(shift[:, None], matrix, self._centred_points(center))[None]
+        dense = self.dense
+        linear = transform if dense is None else dense.linear
+        composable = isinstance(linear, CenteredLinearTransform) and linear.batch_size == 1
+        if composable and (dense is None or dense.at_samples is not None):
+            center = linear.center[0]
+            matrix = (scale @ linear.linear_part()[0].double()).to(self.points.dtype)
+            shift = (scale @ (center + linear.translation[0]).double() + offset).to(self.points.dtype)
+            points = self._centred_points(center)
+            if dense is not None:  # linear(x + u(x)) at the sample voxels
+                points = points + dense.at_samples()[0].to(points.dtype)
+            return torch.addmm(shift[:, None], matrix, points)[None]
         moved = self._map(transform)  # (1, N, D) mm
         return scale.to(moved.dtype) @ moved.transpose(1, 2) + offset.to(moved.dtype)[:, None]
 

@@ -125,7 +125,8 @@ def run_deformable(
     penalty = deformation_penalty(deformation, fixed.grid, stage.control_spacing, dtype)
 
     def dense_factory(level: Level, indices: torch.Tensor) -> DenseDeformation:
-        return DenseDeformation(linear, deformation, level.fixed.grid, indices, penalty, pointwise=kind == "svf")
+        at_samples = None if kind == "svf" else deformation.voxel_displacement(level.fixed.grid, indices, dtype)
+        return DenseDeformation(linear, deformation, level.fixed.grid, indices, penalty, pointwise=kind == "svf", at_samples=at_samples)
 
     run_levels(kind, composite, stage, cache, opts, history, stage_index, dense_factory, callback)
     return composite

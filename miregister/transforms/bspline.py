@@ -20,7 +20,7 @@ to a whole number of control cells and centred on the grid, so ``u`` is smooth o
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -90,8 +90,9 @@ def _axis_weight_matrix(position: Tensor, n_ctrl: int) -> Tensor:
     return matrix.scatter_(1, columns.clamp(0, n_ctrl - 1), weights)
 
 
-def _apply_along_axes(coefficients: Tensor, matrices: Sequence[Tensor]) -> Tensor:
-    """Contract ``(B, D, *ctrl_shape)`` with one ``(n_out, n_ctrl)`` matrix per axis (ITK order).
+def _apply_along_axes(coefficients: Tensor, matrices: Sequence[Tensor | None]) -> Tensor:
+    """Contract ``(B, D, *ctrl_shape)`` with one ``(n_out, n_ctrl)`` matrix per axis (ITK order;
+    ``None`` leaves that axis as it is).
 
     Returns ``(B, D, *out_shape)``. Separable evaluation: a few matrix products instead of
     ``4**D`` gathers per point.
@@ -99,6 +100,8 @@ def _apply_along_axes(coefficients: Tensor, matrices: Sequence[Tensor]) -> Tenso
     out = coefficients
     ndim = len(matrices)
     for axis_itk, matrix in enumerate(matrices):
+        if matrix is None:
+            continue
         dim = 2 + ndim - 1 - axis_itk  # tensor axes are reversed
         out = torch.movedim(torch.movedim(out, dim, -1) @ matrix.T.to(out.dtype), -1, dim)
     return out
@@ -268,6 +271,51 @@ class BSpline(SpatialTransform):
             matrices.append(_axis_weight_matrix(position, self.lattice.size[k]).to(dtype))
         field = _apply_along_axes(self.coefficients.to(dtype), matrices)
         return torch.movedim(field, 1, -1)
+
+    def voxel_displacement(self, grid: Grid, indices: Tensor, dtype: torch.dtype = torch.float32) -> Callable[[], Tensor] | None:
+        """A function giving the displacement (mm) at some voxels of ``grid``, axis first ``(B, D, N)``.
+
+        ``indices`` ``(N,)`` are flat (C-order) voxel indices of ``grid``, e.g. a registration
+        level's metric samples. The returned function evaluates the current coefficients
+        (differentiably): the lattice is contracted densely along the slower axes (y[, z]), which
+        keeps x at the lattice's resolution, and then at each voxel's 4 x taps: ~5x less work
+        than :meth:`displacement_field` on the whole grid followed by a gather, whose last
+        contraction alone writes every voxel of the grid. Returns None where the grid is not
+        axis-aligned with the lattice (use :meth:`displacement_field`).
+        """
+        device = self.coefficients.device
+        m = (self.lattice.physical_to_index_matrix() @ grid.index_to_physical_matrix()).numpy()
+        linear = m[: grid.ndim, : grid.ndim]
+        if grid.ndim != self.ndim or np.abs(linear - np.diag(np.diag(linear))).max() > 1e-9 * np.abs(linear).max():
+            return None
+        matrices: list[Tensor | None] = [None]
+        for k in range(1, self.ndim):
+            position = torch.arange(grid.size[k], dtype=torch.float64, device=device) * m[k, k] + m[k, -1]
+            matrices.append(_axis_weight_matrix(position, self.lattice.size[k]).to(dtype))
+        # the x taps of each voxel, as _axis_weight_matrix lays them out (zero weight outside the domain)
+        n_ctrl, n_x = self.lattice.size[0], grid.size[0]
+        indices = indices.to(device)
+        position = (indices % n_x).to(torch.float64) * m[0, 0] + m[0, -1]
+        inside = (position >= 1.0) & (position <= n_ctrl - 2.0)
+        cell = torch.floor(position).clamp(1, n_ctrl - 3)
+        weights = (torch.stack(cubic_bspline_weights((position - cell).clamp(0.0, 1.0)), dim=0)
+                   * inside.to(position.dtype)).to(dtype)  # (4, N)
+        taps = ((indices // n_x)[None] * n_ctrl + cell.long()[None] - 1 + torch.arange(4, device=device)[:, None]).reshape(-1)
+
+        rows = math.prod(grid.shape[:-1]) * n_ctrl  # length of one component of the partial contraction
+        components = self.batch_size * self.ndim
+        if components * rows >= 2**31:
+            raise ValueError("grid too large for the per-voxel B-spline evaluation")
+        # every component's taps into the flattened partial contraction: one 1-D index_select
+        # (a gather along the last dimension of a (B, D, L) tensor is ~5x slower)
+        taps = (taps.to(torch.int32)[None] + torch.arange(components, dtype=torch.int32, device=device)[:, None] * rows).reshape(-1)
+
+        def displacement() -> Tensor:
+            partial = _apply_along_axes(self.coefficients.to(dtype), matrices)  # (B, D, [nz,] ny, n_ctrl)
+            values = partial.reshape(-1).index_select(0, taps).reshape(*partial.shape[:2], 4, -1)
+            return (values * weights).sum(2)
+
+        return displacement
 
     # ------------------------------------------------------------------ multi-resolution
     def refine(self) -> "BSpline":
