@@ -163,3 +163,25 @@ def test_batch_elements_are_independent():
         for b in range(3):
             single = BSpline.from_lattice(transform.lattice, transform.coefficients[b : b + 1], grid)
             torch.testing.assert_close(together[b : b + 1], single(points))
+
+
+def test_voxel_displacement_matches_whole_grid_field():
+    """The per-voxel evaluation used by B-spline stages equals the whole-grid field at those voxels, values and gradients."""
+    from miregister.grid import Grid
+    from miregister.transforms import BSpline as _BSpline
+
+    grid = Grid((30, 26, 22), (2.0, 2.0, 2.5), (-30.0, -20.0, -10.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    spline = _BSpline(grid, 10.0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        spline.coefficients.copy_(torch.randn(spline.coefficients.shape, generator=generator) * 2.0)
+    indices = torch.randperm(grid.numel, generator=generator)[:3000].sort().values
+    weights = torch.randn(1, 3, 3000, generator=generator)
+    spline.coefficients.requires_grad_(True)
+    ours = spline.voxel_displacement(grid, indices)()
+    (ours * weights).sum().backward()
+    grad_ours, spline.coefficients.grad = spline.coefficients.grad.clone(), None
+    reference = spline.displacement_field(grid).reshape(1, -1, 3)[:, indices].transpose(1, 2)
+    (reference * weights).sum().backward()
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(grad_ours, spline.coefficients.grad, atol=1e-5)
