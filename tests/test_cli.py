@@ -111,3 +111,35 @@ def test_unwritable_output_and_bad_device_are_refused_before_registering(tmp_pat
     assert "argument --device: got 'tpu'; choose from 'cpu', 'cuda', 'cuda:N' or 'auto'" in capsys.readouterr().err
     assert not out.exists()
     assert calls == []  # none ran a registration
+
+
+def test_console_entry_exits_fast_with_the_code_and_complete_outputs(tmp_path):
+    """``python -m miregister`` (the console script's entry, which skips the interpreter's teardown
+    after register/apply/mi): stdout through a pipe arrives whole, the exit codes are main()'s,
+    and the files written are complete (SimpleITK reads them back)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo}
+
+    def run(*words):
+        return subprocess.run([sys.executable, "-m", "miregister", *words], capture_output=True, text=True, env=env, timeout=300)
+
+    f, m, _, _ = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    done = run("register", str(f), str(m), "-o", str(out), "-t", "rigid", "--no-qc")
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout.splitlines()[-1] and str(out) in done.stdout  # the last printed line arrived
+    assert sitk.ReadImage(str(out / "warped.nii.gz")).GetSize() == sitk.ReadImage(str(f)).GetSize()
+    assert json.loads((out / "report.json").read_text())["transform"] == "rigid"
+    measured = run("mi", str(f), str(out / "warped.nii.gz"), "--json", "--knn-samples", "500")
+    assert measured.returncode == 0 and json.loads(measured.stdout)["soft_bins"] > 0
+    missing = run("register", str(f), str(tmp_path / "absent.nii.gz"), "-o", str(tmp_path / "o2"))
+    assert missing.returncode == 1 and "absent.nii.gz" in missing.stderr and not (tmp_path / "o2").exists()
+    usage = run("register", str(f), str(m), "-o", str(tmp_path / "o3"), "--no-such-flag")
+    assert usage.returncode == 2 and "--no-such-flag" in usage.stderr
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("miregister ")

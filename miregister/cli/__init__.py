@@ -15,6 +15,8 @@ set_openmp_defaults()  # first, before torch loads OpenMP: idle threads then sle
 
 import argparse
 import contextlib
+import logging
+import os
 import signal
 import sys
 import threading
@@ -24,7 +26,7 @@ from ..errors import MiregisterError, UsageError
 from . import apply_cmd, cohort_cmd, mi_cmd, register_cmd
 from .common import CONVENTIONS, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 
-__all__ = ["main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+__all__ = ["main", "console_main", "EXIT_OK", "EXIT_INPUT", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 _COMMANDS = (register_cmd, apply_cmd, mi_cmd, cohort_cmd)
 
@@ -79,6 +81,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INPUT
 
 
+#: Sub-commands that may leave the interpreter without its teardown (see :func:`console_main`);
+#: ``cohort`` is not among them: Dask's clusters and workers clean up at exit.
+_FAST_EXIT = frozenset({"register", "apply", "mi"})
+
+
+def console_main() -> None:
+    """The ``miregister`` console script (and ``python -m miregister``): :func:`main`, then exit.
+
+    After ``register``, ``apply`` or ``mi`` has written its outputs (each committed atomically)
+    and flushed its streams, the process ends with ``os._exit``: the interpreter's normal
+    teardown, freeing the modules of torch, SciPy, SimpleITK and matplotlib one by one, costs
+    0.4-0.9 s of a few-second run and does nothing for files that are already complete.
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if command not in _FAST_EXIT:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to deliver
+            code = code or EXIT_INPUT
+    os._exit(code)
+
+
 def _usage_message(parser: argparse.ArgumentParser, error: UsageError) -> str:
     """Name the command-line flag (``argument --iterations: got -5; ...``) where the error
     names a register() keyword that one of the parser's options sets."""
@@ -107,4 +136,4 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

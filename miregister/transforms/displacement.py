@@ -7,6 +7,7 @@ points to moving points, exactly as an ITK displacement-field image does.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..grid import Grid
@@ -135,28 +136,66 @@ def invert_displacement(
     wherever ``T`` is well invertible; where ``T`` folds there is no inverse and ``v`` is a
     compromise. Outside the grid ``T`` is the identity, so is ``T^-1``.
     """
-    channels = field.detach().movedim(-1, 1).contiguous()  # (B, D, *shape), sampled every iteration
+    d = grid.ndim
+    dtype, device = field.dtype, field.device
+    # The iteration runs in grid_sample's normalised coordinates (align_corners=True), where a
+    # voxel's position is fixed and only its offset changes: one grid_sample and two adds per
+    # iteration, no mm <-> index maps of every point (an (N, D) @ (D, D) product per step cost
+    # more than the lookup itself).
+    to_normalized = grid.physical_to_normalized_matrix()[:d, :d]  # mm offsets -> normalised offsets
+    to_mm = torch.linalg.inv(to_normalized).to(dtype=dtype, device=device)
+    batch = field.shape[0]
+    flat = field.detach().reshape(batch, -1, d).transpose(1, 2)  # (B, D, N) mm, a view
+    channels = (to_normalized.to(dtype=dtype, device=device) @ flat).reshape(batch, d, *grid.shape)
+    half = grid.normalized_to_index_matrix().diagonal()[:d]  # index -> normalised: i / half - 1
     limit = tolerance * min(grid.spacing)
     out = torch.empty_like(field)
     # Voxel by voxel the iteration is independent of the others, so it runs slab by slab (planes
-    # along the slowest axis): a whole 1 mm field's points, iterate, samples and residuals at once
-    # took ~150 bytes a voxel.
+    # along the slowest axis), which bounds the memory of a 1 mm field's temporaries.
     for lo, hi in grid.slabs(INVERSE_SLAB_VOXELS):
-        points = grid.slab(lo, hi).points(dtype=field.dtype, device=field.device).unsqueeze(0)
-        v = -field.detach()[:, lo:hi].clone()
+        shape = (hi - lo, *grid.shape[1:])
+        axes = [torch.arange(n, dtype=torch.float64) for n in shape]
+        axes[0] = axes[0] + lo
+        mesh = torch.meshgrid(*axes, indexing="ij")  # ([z,] y, x)
+        base = torch.stack([mesh[d - 1 - k] / float(half[k]) - 1.0 for k in range(d)], dim=-1)
+        base = base.to(dtype=dtype, device=device).unsqueeze(0)  # (1, *shape, D) normalised, x first
+        w = -channels[:, :, lo:hi]  # (B, D, *shape) normalised offsets; v = -u to start
         for _ in range(iterations):
             # u continued by its border values: with T's zero displacement outside, rim voxels whose
             # y + v leaves the grid would flip between two values for ever
-            u, _ = sample(channels, grid, points + v, mode="linear", margin=1e6)
-            residual = v + u.movedim(1, -1)  # zero at the solution
-            v = v - residual
-            if float(residual.norm(dim=-1).max()) < limit:
+            u = F.grid_sample(channels, base + w.movedim(1, -1), mode="bilinear", padding_mode="border", align_corners=True)
+            residual = to_mm @ (w + u).reshape(batch, d, -1)  # (B, D, N) mm, zero at the solution
+            w = -u
+            # the squared length as a sum over contiguous rows: norm(dim=1) reduces across a
+            # stride of N and cost twice the grid_sample
+            if float(sum(residual[:, k].square() for k in range(d)).max()) < limit * limit:
                 break
-        if transform is not None:  # polish with T itself: a few steps from near the solution suffice
-            for _ in range(polish):
-                v = v - (transform(points + v) - points)
-        out[:, lo:hi] = v
+        v = (to_mm @ w.reshape(batch, d, -1)).transpose(1, 2).contiguous()  # (B, N, D) mm
+        if transform is not None:
+            v = _polish(transform, grid.slab(lo, hi), v, polish, limit)
+        out[:, lo:hi] = v.reshape(batch, *shape, d)
     return out
+
+
+def _polish(transform: SpatialTransform, grid: Grid, v: Tensor, steps: int, limit: float) -> Tensor:
+    """More fixed-point steps ``v <- v - (T(y + v) - y)`` with ``T`` itself, from near the solution.
+
+    ``v`` ``(B, N, D)`` mm at the voxels of ``grid``. A voxel whose last step moved it less than
+    ``limit`` mm has converged (the next step would be smaller still, by the contraction) and
+    is left out of the later steps: ``T`` between voxel centres is the costly part.
+    """
+    points = grid.points(dtype=v.dtype, device=v.device).reshape(1, -1, grid.ndim)
+    at: Tensor | None = None  # indices of the voxels still moving; None: all of them
+    for _ in range(steps):
+        if at is None:
+            step = transform(points + v) - points
+            v = v - step
+            at = (step.square().sum(-1).amax(0) > limit * limit).nonzero().squeeze(1)
+        elif at.numel():
+            step = transform(points[:, at] + v[:, at]) - points[:, at]
+            v[:, at] -= step
+            at = at[step.square().sum(-1).amax(0) > limit * limit]
+    return v
 
 
 @torch.no_grad()

@@ -1,0 +1,4 @@
+"""``python -m miregister``: the same as the ``miregister`` command."""
+from .cli import console_main
+
+console_main()
