@@ -16,6 +16,7 @@ One writer for the command line and the cohort runner, with these promises:
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -24,6 +25,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,6 +38,11 @@ __all__ = [
 
 STAGING_PREFIX = ".miregister-staging-"
 REPORT = "report.json"
+QC_PICTURE = "qc.png"
+#: Threads that write a run's files at once (see :func:`_write_all`).
+WRITE_THREADS = 2
+#: Longest wait (s) for the writes under way when a run is interrupted while writing.
+WRITE_STOP_SECONDS = 5.0
 
 
 # ------------------------------------------------------------------------------- checks
@@ -216,17 +223,16 @@ def write_run(
         if jacobian:
             writers.append(("jacobian.nii.gz", lambda p: write_image(jacobian_determinant_image(result.transform, result.fixed.grid), p)))
         if qc:
-            writers.append(("qc.png", lambda p: save_qc_figure(result, p)))
+            writers.append((QC_PICTURE, lambda p: save_qc_figure(result, p)))
         names = [name for name, _ in writers] + [REPORT]
         extra = dict(report or {})
         extra["outputs"] = names
         writers.append((REPORT, lambda p: result.save_report(p, extra=extra)))
-        for name, write in writers:
-            try:
-                write(staging / name)
-            except (OSError, ValueError, RuntimeError) as error:
-                reason = str(error).replace(str(staging), text) if not isinstance(error, OSError) else _reason(error)
-                raise OutputError(f"cannot write {name} into output folder {text!r}: {reason}") from error
+        failure = _write_all(writers, staging)
+        if failure is not None:
+            name, error = failure
+            reason = str(error).replace(str(staging), text) if not isinstance(error, OSError) else _reason(error)
+            raise OutputError(f"cannot write {name} into output folder {text!r}: {reason}") from error
         with _signals_deferred():
             _commit(folder, staging, names, text)
             done = True
@@ -238,6 +244,58 @@ def write_run(
                     with contextlib.suppress(OSError):
                         path.rmdir()
     return [folder / name for name in names]
+
+
+def _write_all(writers: list[tuple[str, Callable[[Path], Any]]], staging: Path) -> tuple[str, Exception] | None:
+    """Call every ``write(staging / name)`` on :data:`WRITE_THREADS` threads; return the first
+    failure (OSError, ValueError or RuntimeError) in the writers' order as ``(name, error)``,
+    or None; other errors propagate. No write is under way when it returns, unless it returns
+    on an interruption and a write outlasted :data:`WRITE_STOP_SECONDS`.
+
+    The files are independent, so SimpleITK's compression and the inverse field (native code,
+    the GIL released) overlap the QC picture (matplotlib, Python), which starts first. The
+    threads are daemons: an interrupted run (Ctrl-C, SIGTERM in the main thread) waits at most
+    :data:`WRITE_STOP_SECONDS` for the writes under way, stops starting new ones, and leaves; a
+    write that hangs (a stalled network disk) then cannot keep the process from exiting.
+    """
+    order = collections.deque(sorted(range(len(writers)), key=lambda i: writers[i][0] != QC_PICTURE))
+    done = [threading.Event() for _ in writers]
+    errors: list[BaseException | None] = [None] * len(writers)
+    stop = threading.Event()
+
+    def work() -> None:
+        while True:
+            try:
+                i = order.popleft()  # atomic
+            except IndexError:
+                return
+            try:
+                if not stop.is_set():
+                    name, write = writers[i]
+                    write(staging / name)
+            except BaseException as error:  # handed to the main thread
+                errors[i] = error
+            finally:
+                done[i].set()
+
+    threads = [threading.Thread(target=work, name=f"miregister-write-{k}", daemon=True)
+               for k in range(min(WRITE_THREADS, len(writers)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for k, (name, _) in enumerate(writers):
+            done[k].wait()
+            error = errors[k]
+            if isinstance(error, (OSError, ValueError, RuntimeError)):
+                return name, error
+            if error is not None:
+                raise error
+        return None
+    finally:  # also at the first failure, or when a signal interrupts the wait
+        stop.set()
+        deadline = time.monotonic() + WRITE_STOP_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

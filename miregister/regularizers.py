@@ -265,8 +265,9 @@ def transform_jacobian(
         from the float32 values.
     """
     key = (grid, _parameter_versions(transform))
-    if _LAST.get("key") == key and _LAST["transform"]() is transform:
-        det = _LAST["determinant"]
+    last = _LAST.copy()  # one consistent snapshot: write_run's threads may read while another stores
+    if last.get("key") == key and last["transform"]() is transform:
+        det = last["determinant"]
         stats = _statistics_of(det, mask) if statistics else None
         return JacobianMap(det if keep else None, stats)
 

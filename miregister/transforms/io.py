@@ -38,6 +38,7 @@ at a time with ``index=i``; without ``index`` it is an error. Files are written 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -512,13 +513,27 @@ def inverse_writers(
     once, here. Resampling a fixed-space image (e.g. atlas labels) through them carries it onto
     the moving image's grid.
     """
-    inverse = transform.inverse()
     if transform.is_linear:
-        return [(f"inverse.{linear_format}", lambda path: write_transform(inverse, path))]
+        linear = transform.inverse()
+        return [(f"inverse.{linear_format}", lambda path: write_transform(linear, path))]
+    inverse = _computed_once(transform.inverse)  # in the first writer that needs it (a writer thread)
     return [
-        ("inverse.h5", lambda path: write_transform(inverse, path, reference=fixed_grid)),
-        ("inverse_displacement.nii.gz", lambda path: write_transform(inverse, path, reference=moving_grid)),
+        ("inverse.h5", lambda path: write_transform(inverse(), path, reference=fixed_grid)),
+        ("inverse_displacement.nii.gz", lambda path: write_transform(inverse(), path, reference=moving_grid)),
     ]
+
+
+def _computed_once(make: Callable[[], SpatialTransform]) -> Callable[[], SpatialTransform]:
+    """``make()`` on the first call, the same object on later ones, from any thread."""
+    lock, kept = threading.Lock(), []
+
+    def get() -> SpatialTransform:
+        with lock:
+            if not kept:
+                kept.append(make())
+            return kept[0]
+
+    return get
 
 
 def write_inverse(
