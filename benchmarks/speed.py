@@ -50,8 +50,9 @@ ROOT = HERE.parent
 FIXED = ROOT / "data" / "mni152_t1_2mm.nii.gz"
 MOVING = ROOT / "data" / "mni152_t2like_moved_2mm.nii.gz"
 
-#: The miregister command as its console script runs it (``miregister.cli:main``).
-MIREGISTER = [sys.executable, "-c", "import sys; from miregister.cli import main; sys.exit(main())"]
+#: The miregister command as its console script runs it (``miregister.cli:console_main``, which
+#: ``python -m miregister`` calls too).
+MIREGISTER = [sys.executable, "-m", "miregister"]
 
 #: The lean SimpleITK user script: read, register (timed), write warped image and transform.
 #: argv: fixed moving outdir iterations; prints {"registration_s": ...} as its last line.

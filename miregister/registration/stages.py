@@ -89,13 +89,13 @@ def deformation_penalty(deformation: SpatialTransform, grid: Grid, control_spaci
     (membrane) energy of the velocity on its own grid: no flow integration needed, and a smooth
     velocity gives a smooth diffeomorphism.
     """
-    from ..regularizers import bending_energy, diffusion
+    from ..regularizers import bspline_bending_energy, diffusion
     from ..transforms import SVF
 
     if isinstance(deformation, SVF):
         return lambda: diffusion(torch.movedim(deformation.dense_velocity(), 1, -1), deformation.grid).sum()
     penalty_grid = grid.with_spacing([max(s, control_spacing / 2) for s in grid.spacing])
-    return lambda: bending_energy(deformation.displacement_field(penalty_grid, dtype=dtype), penalty_grid).sum()
+    return lambda: bspline_bending_energy(deformation, penalty_grid, dtype=dtype).sum()
 
 
 def run_deformable(

@@ -259,18 +259,27 @@ class BSpline(SpatialTransform):
         spline is evaluated separably with one ``(n, n_ctrl)`` weight matrix per axis; otherwise
         it falls back to :meth:`forward` on the grid's points.
         """
+        matrices = self.axis_matrices(grid, dtype)
+        if matrices is None:
+            return super().displacement_field(grid, dtype=dtype)
+        field = _apply_along_axes(self.coefficients.to(dtype), matrices)
+        return torch.movedim(field, 1, -1)
+
+    def axis_matrices(self, grid: Grid, dtype: torch.dtype = torch.float32) -> list[Tensor] | None:
+        """The spline sampled on ``grid``, one axis at a time: ``(grid.size[k], lattice.size[k])``
+        weight matrices in ITK axis order, or None where ``grid`` is not axis-aligned with the
+        lattice (the lattice index is then not a per-axis function of the grid index)."""
         device = self.coefficients.device
         # lattice index as an affine function of grid index; separable iff it is diagonal
         m = (self.lattice.physical_to_index_matrix() @ grid.index_to_physical_matrix()).numpy()
         linear = m[: grid.ndim, : grid.ndim]
         if grid.ndim != self.ndim or np.abs(linear - np.diag(np.diag(linear))).max() > 1e-9 * np.abs(linear).max():
-            return super().displacement_field(grid, dtype=dtype)
+            return None
         matrices = []
         for k in range(self.ndim):
             position = torch.arange(grid.size[k], dtype=torch.float64, device=device) * m[k, k] + m[k, -1]
             matrices.append(_axis_weight_matrix(position, self.lattice.size[k]).to(dtype))
-        field = _apply_along_axes(self.coefficients.to(dtype), matrices)
-        return torch.movedim(field, 1, -1)
+        return matrices
 
     def voxel_displacement(self, grid: Grid, indices: Tensor, dtype: torch.dtype = torch.float32) -> Callable[[], Tensor] | None:
         """A function giving the displacement (mm) at some voxels of ``grid``, axis first ``(B, D, N)``.
