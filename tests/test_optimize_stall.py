@@ -42,6 +42,8 @@ def test_optimize_level_ends_a_flat_tail_early(monkeypatch):
 
     class Problem:
         radius = 1.0
+        overlap_floor = optimize.MIN_OVERLAP
+        last_overlap = 1.0  # all samples inside: the overlap floor never refuses a step
 
         def loss(self, transform):
             d = transform.shift - target

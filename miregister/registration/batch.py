@@ -204,7 +204,8 @@ class Batcher:
             overlaps = overlap.tolist()
             losses = []
             for index, problem in enumerate(problems):
-                if overlaps[index] < MIN_OVERLAP:  # as LevelProblem.loss: 0, no gradient
+                problem.last_overlap = overlaps[index]
+                if overlaps[index] < max(MIN_OVERLAP, problem.overlap_floor):  # as LevelProblem.loss: 0, no gradient
                     losses.append(torch.zeros((), dtype=value.dtype, device=value.device))
                     continue
                 loss = -value[index]

@@ -30,6 +30,14 @@ __all__ = ["LevelProblem", "DenseDeformation", "optimize_level", "batch_particip
 _ANGULAR_NAMES = ("rotation", "matrix", "log_scale")
 #: Fraction of the fixed samples that must map inside the moving image for a usable metric.
 MIN_OVERLAP = 0.02
+#: Within a level, a trial transform must keep this share of the level's starting overlap.
+#: MI estimated on fewer samples is biased upwards (a soft histogram of a few hundred samples
+#: looks more structured than one of thousands), so the values of transforms whose overlaps
+#: differ several-fold do not compare: on a 28-slice slab, a coarsest-level line search once
+#: stepped from 68 % to 5 % of the samples, where the MI of ~280 samples (0.65) beat the 0.59
+#: reached, and the run ended 140 mm off (1.2 at the truth). Halving the overlap in one level is
+#: still allowed; growing it always is.
+OVERLAP_KEEP = 0.5
 
 
 def _active_batcher():
@@ -118,6 +126,12 @@ class LevelProblem:
         Weight of the deformation energy added to ``-MI``.
     interpolation : str
         ``"linear"`` or ``"bspline"`` sampling of ``moving``.
+    overlap_floor : float
+        A transform whose overlap (fraction of the samples inside the moving image) is below
+        this gets :meth:`loss` 0 (never below :data:`MIN_OVERLAP`; :func:`optimize_level`
+        raises it to :data:`OVERLAP_KEEP` of the level's starting overlap).
+    last_overlap : float
+        The overlap of the last :meth:`loss` (or batched) evaluation.
     """
 
     points: Tensor
@@ -134,6 +148,8 @@ class LevelProblem:
     dense: DenseDeformation | None = None
     penalty_weight: float = 0.0
     interpolation: str = "linear"
+    overlap_floor: float = MIN_OVERLAP
+    last_overlap: float = math.nan
 
     def _map(self, transform: nn.Module) -> Tensor:
         """Moved sample points ``(1, N, D)`` in moving space (mm)."""
@@ -231,13 +247,14 @@ class LevelProblem:
     def loss(self, transform: nn.Module) -> Tensor:
         """``-MI + penalty_weight * penalty`` (a scalar).
 
-        A transform that maps fewer than ``MIN_OVERLAP`` of the samples into the moving image
-        gets loss 0 with no gradient (worse than any real alignment, whose ``-MI`` < 0) instead
+        A transform that maps fewer than ``MIN_OVERLAP`` (or ``overlap_floor``) of the samples
+        into the moving image gets loss 0 with no gradient (worse than any real alignment, whose ``-MI`` < 0) instead
         of an error: L-BFGS's line search may try such a far step and must be able to back off.
         Where a level starts or ends that far off, :meth:`metric` raises.
         """
         value, overlap, penalty = self.evaluate(transform, check_overlap=False)
-        if float(overlap) < MIN_OVERLAP:
+        self.last_overlap = float(overlap)
+        if self.last_overlap < max(MIN_OVERLAP, self.overlap_floor):
             return torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
         return -value.sum() + self.penalty_weight * penalty
 
@@ -367,6 +384,8 @@ def optimize_level(
             history.append(-float(loss.detach()))
             if on_iteration is not None:
                 on_iteration(history[-1])
+            if len(history) == 1:  # the level's start: later trials keep OVERLAP_KEEP of its overlap
+                problem.overlap_floor = max(MIN_OVERLAP, OVERLAP_KEEP * problem.last_overlap)
             if optimizer == "lbfgs" and stall.update(history[-1], loss.dtype):
                 raise _Stalled()
             return loss
@@ -390,6 +409,7 @@ def optimize_level(
             else:
                 raise ValueError(f"unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'")
     finally:
+        problem.overlap_floor = MIN_OVERLAP
         for module, name, _ in targets:
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return history
