@@ -309,7 +309,7 @@ def markdown(rows: list[dict], args) -> str:
             c = r.get("consistency")
             cons = f"{np.mean(c['means']):.2f} ({min(c['means']):.2f}-{max(c['means']):.2f})" if c else ""
             cmax = f"{c['max']:.2f}" if c else ""
-            t = "" if args.no_times else f"{r['time']:.1f}"
+            t = "" if args.no_times or not np.isfinite(r.get("time", np.nan)) else f"{r['time']:.1f}"
             doubt = (r.get("info") or {}).get("doubtful")
             lines.append(f"| {r['method']} | {r['error']['mean']:.3f} | {r['error']['max']:.2f} | {r['mi']:.4f} | {r['overlap']:.3f} | "
                          f"{cons} | {cmax} | {t} | {'' if doubt is None else ('yes' if doubt else 'no')} |")
