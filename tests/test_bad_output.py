@@ -430,3 +430,39 @@ def test_the_python_api_raises_usage_errors_that_are_value_errors():
         registration.register(FIXED, MOVING, transform="afine")
     with pytest.raises(OutputError):  # an OSError too
         check_output_folder("")
+
+
+# --------------------------------------------------------------------- the writers' threads
+@pytest.mark.parametrize("threads", [1, 2])
+def test_write_all_reports_the_first_failure_in_writer_order(tmp_path, threads):
+    """Two threads write at once; the failure reported is the first in the writers' order (not
+    in time), the QC picture starts first, and every write has ended when it returns."""
+    import threading
+
+    from miregister import outputs
+
+    started, ended = [], []
+    lock = threading.Lock()
+
+    def writer(name, delay, error=None):
+        def write(path):
+            with lock:
+                started.append(name)
+            time.sleep(delay)
+            with lock:
+                ended.append(name)
+            if error is not None:
+                raise error
+            path.write_text(name)
+        return write
+
+    writers = [
+        ("a.txt", writer("a.txt", 0.3, OSError(28, "No space left on device"))),
+        ("b.txt", writer("b.txt", 0.0, ValueError("late name, early failure"))),
+        (outputs.QC_PICTURE, writer(outputs.QC_PICTURE, 0.1)),
+    ]
+    failure = outputs._write_all(writers, tmp_path, threads)
+    assert failure is not None and failure[0] == "a.txt" and isinstance(failure[1], OSError)
+    assert started[0] == outputs.QC_PICTURE
+    assert sorted(ended) == sorted(started)  # nothing still writing
+    assert (tmp_path / outputs.QC_PICTURE).read_text() == outputs.QC_PICTURE
