@@ -265,15 +265,22 @@ class BSpline(SpatialTransform):
         field = _apply_along_axes(self.coefficients.to(dtype), matrices)
         return torch.movedim(field, 1, -1)
 
+    def _grid_to_lattice(self, grid: Grid) -> np.ndarray | None:
+        """The lattice index as an affine function of ``grid``'s index (homogeneous, float64), or
+        None where it is not one function per axis (the spline is then not separable on ``grid``)."""
+        m = (self.lattice.physical_to_index_matrix() @ grid.index_to_physical_matrix()).numpy()
+        linear = m[: grid.ndim, : grid.ndim]
+        if grid.ndim != self.ndim or np.abs(linear - np.diag(np.diag(linear))).max() > 1e-9 * np.abs(linear).max():
+            return None
+        return m
+
     def axis_matrices(self, grid: Grid, dtype: torch.dtype = torch.float32) -> list[Tensor] | None:
         """The spline sampled on ``grid``, one axis at a time: ``(grid.size[k], lattice.size[k])``
         weight matrices in ITK axis order, or None where ``grid`` is not axis-aligned with the
         lattice (the lattice index is then not a per-axis function of the grid index)."""
         device = self.coefficients.device
-        # lattice index as an affine function of grid index; separable iff it is diagonal
-        m = (self.lattice.physical_to_index_matrix() @ grid.index_to_physical_matrix()).numpy()
-        linear = m[: grid.ndim, : grid.ndim]
-        if grid.ndim != self.ndim or np.abs(linear - np.diag(np.diag(linear))).max() > 1e-9 * np.abs(linear).max():
+        m = self._grid_to_lattice(grid)
+        if m is None:
             return None
         matrices = []
         for k in range(self.ndim):
@@ -293,9 +300,8 @@ class BSpline(SpatialTransform):
         axis-aligned with the lattice (use :meth:`displacement_field`).
         """
         device = self.coefficients.device
-        m = (self.lattice.physical_to_index_matrix() @ grid.index_to_physical_matrix()).numpy()
-        linear = m[: grid.ndim, : grid.ndim]
-        if grid.ndim != self.ndim or np.abs(linear - np.diag(np.diag(linear))).max() > 1e-9 * np.abs(linear).max():
+        m = self._grid_to_lattice(grid)
+        if m is None:
             return None
         matrices: list[Tensor | None] = [None]
         for k in range(1, self.ndim):
