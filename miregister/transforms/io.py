@@ -510,7 +510,8 @@ def inverse_writers(
     ``inverse.h5`` (the ITK composite ``[field^-1 on the fixed grid, linear^-1]``) and
     ``inverse_displacement.nii.gz`` (float32, on the moving grid: ``T^-1(y) - y`` in mm for
     every moving voxel ``y``), the field inverted numerically (:meth:`DisplacementField.inverse`)
-    once, by the first of the two writers that runs (write_run may run them on two threads). Resampling a fixed-space image (e.g. atlas labels) through them carries it onto
+    once, by the first of the two writers that runs (``write_run`` may run them on two
+    threads). Resampling a fixed-space image (e.g. atlas labels) through them carries it onto
     the moving image's grid.
     """
     if transform.is_linear:
