@@ -166,6 +166,7 @@ def write_run(
     overwrite: bool = False,
     report: dict[str, Any] | None = None,
     jacobian: bool = False,
+    threads: int | None = None,
 ) -> list[Path]:
     """Write ``result`` into the folder ``out`` (all or nothing) and return the paths written.
 
@@ -196,6 +197,10 @@ def write_run(
         For a transform format that does not suit the transform.
     jacobian : bool
         Also write ``jacobian.nii.gz``: the Jacobian determinant of the transform on the fixed grid.
+    threads : int, optional
+        CPU threads for the writing (torch's intra-op threads and the writer threads, at most
+        :data:`WRITE_THREADS`), as ``register``'s ``threads`` (the command line's ``--threads``);
+        by default torch's setting is left alone and :data:`WRITE_THREADS` files are written at once.
 
     Notes
     -----
@@ -205,6 +210,7 @@ def write_run(
     """
     from .io import write_image
     from .registration.qc import save_qc_figure
+    from .threads import resolve_threads, torch_threads
     from .transforms.displacement import jacobian_determinant_image
     from .transforms.io import inverse_writers
 
@@ -233,8 +239,11 @@ def write_run(
         extra = dict(report or {})
         extra["outputs"] = names
         writers.append((REPORT, lambda p: result.save_report(p, extra=extra)))
-        threads = WRITE_THREADS if result.fixed.grid.numel <= PARALLEL_WRITE_VOXELS else 1
-        failure = _write_all(writers, staging, threads)
+        writing = WRITE_THREADS if threads is None else min(WRITE_THREADS, resolve_threads(threads))
+        if result.fixed.grid.numel > PARALLEL_WRITE_VOXELS:
+            writing = 1
+        with contextlib.nullcontext() if threads is None else torch_threads(resolve_threads(threads)):
+            failure = _write_all(writers, staging, writing)
         if failure is not None:
             name, error = failure
             reason = str(error).replace(str(staging), text) if not isinstance(error, OSError) else _reason(error)

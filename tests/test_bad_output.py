@@ -466,3 +466,26 @@ def test_write_all_reports_the_first_failure_in_writer_order(tmp_path, threads):
     assert started[0] == outputs.QC_PICTURE
     assert sorted(ended) == sorted(started)  # nothing still writing
     assert (tmp_path / outputs.QC_PICTURE).read_text() == outputs.QC_PICTURE
+
+
+@pytest.mark.parametrize("flags, writers, torch_threads", [(["--threads", "1"], 1, 1), ([], 2, None)])
+def test_threads_flag_bounds_the_writing_too(tmp_path, monkeypatch, flags, writers, torch_threads):
+    """``--threads N`` holds for the whole command: the files are written on at most N threads,
+    with torch on N threads meanwhile; without it the writing keeps WRITE_THREADS and torch's setting."""
+    import torch
+
+    from miregister import outputs
+
+    seen = []
+    real = outputs._write_all
+
+    def spy(writers_, staging, threads=outputs.WRITE_THREADS):
+        seen.append((threads, torch.get_num_threads()))
+        return real(writers_, staging, threads)
+
+    monkeypatch.setattr(outputs, "_write_all", spy)
+    before = torch.get_num_threads()
+    assert _register(tmp_path / "out", *DEFORMABLE, *flags) == 0
+    assert len(seen) == 1 and seen[0][0] == writers
+    assert seen[0][1] == (before if torch_threads is None else torch_threads)
+    assert torch.get_num_threads() == before  # restored after the run

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
     final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite,
-                      jacobian=args.jacobian)
+                      jacobian=args.jacobian, threads=options.get("threads"))
     if not args.quiet:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")
