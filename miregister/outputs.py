@@ -239,10 +239,9 @@ def write_run(
         extra = dict(report or {})
         extra["outputs"] = names
         writers.append((REPORT, lambda p: result.save_report(p, extra=extra)))
-        writing = WRITE_THREADS if threads is None else min(WRITE_THREADS, resolve_threads(threads))
-        if result.fixed.grid.numel > PARALLEL_WRITE_VOXELS:
-            writing = 1
-        with contextlib.nullcontext() if threads is None else torch_threads(resolve_threads(threads)):
+        cpus = None if threads is None else resolve_threads(threads)
+        writing = 1 if result.fixed.grid.numel > PARALLEL_WRITE_VOXELS else min(WRITE_THREADS, cpus or WRITE_THREADS)
+        with contextlib.nullcontext() if cpus is None else torch_threads(cpus):
             failure = _write_all(writers, staging, writing)
         if failure is not None:
             name, error = failure

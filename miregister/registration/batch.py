@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .. import mi
 from ..errors import UsageError
 from ..interpolation import sample_at_indices
-from .optimize import MIN_OVERLAP, LevelProblem
+from .optimize import LevelProblem
 
 __all__ = ["Batcher", "active_batcher", "register_batch"]
 
@@ -204,8 +204,7 @@ class Batcher:
             overlaps = overlap.tolist()
             losses = []
             for index, problem in enumerate(problems):
-                problem.last_overlap = overlaps[index]
-                if overlaps[index] < max(MIN_OVERLAP, problem.overlap_floor):  # as LevelProblem.loss: 0, no gradient
+                if problem.refuses(overlaps[index]):  # as LevelProblem.loss: 0, no gradient
                     losses.append(torch.zeros((), dtype=value.dtype, device=value.device))
                     continue
                 loss = -value[index]

@@ -253,10 +253,15 @@ class LevelProblem:
         Where a level starts or ends that far off, :meth:`metric` raises.
         """
         value, overlap, penalty = self.evaluate(transform, check_overlap=False)
-        self.last_overlap = float(overlap)
-        if self.last_overlap < max(MIN_OVERLAP, self.overlap_floor):
+        if self.refuses(float(overlap)):
             return torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
         return -value.sum() + self.penalty_weight * penalty
+
+    def refuses(self, overlap: float) -> bool:
+        """Record ``overlap`` as :attr:`last_overlap`; True when it is below ``MIN_OVERLAP`` or
+        ``overlap_floor``, i.e. when :meth:`loss` (and the batched loss) gives 0 with no gradient."""
+        self.last_overlap = overlap
+        return overlap < max(MIN_OVERLAP, self.overlap_floor)
 
 
 class _LBFGS(torch.optim.LBFGS):

@@ -154,11 +154,9 @@ def invert_displacement(
     # along the slowest axis), which bounds the memory of a 1 mm field's temporaries.
     for lo, hi in grid.slabs(INVERSE_SLAB_VOXELS):
         shape = (hi - lo, *grid.shape[1:])
-        axes = [torch.arange(n, dtype=torch.float64) for n in shape]
-        axes[0] = axes[0] + lo
-        mesh = torch.meshgrid(*axes, indexing="ij")  # ([z,] y, x)
-        base = torch.stack([mesh[d - 1 - k] / float(half[k]) - 1.0 for k in range(d)], dim=-1)
-        base = base.to(dtype=dtype, device=device).unsqueeze(0)  # (1, *shape, D) normalised, x first
+        index = grid.slab(lo, hi).indices(dtype=torch.float64)  # (*shape, D), x first, the slab's own
+        index[..., d - 1] += lo  # the whole grid's index along the slab axis
+        base = (index / half - 1.0).to(dtype=dtype, device=device).unsqueeze(0)  # (1, *shape, D) normalised
         w = -channels[:, :, lo:hi]  # (B, D, *shape) normalised offsets; v = -u to start
         for _ in range(iterations):
             # u continued by its border values: with T's zero displacement outside, rim voxels whose
