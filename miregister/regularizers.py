@@ -202,6 +202,15 @@ def bspline_bending_energy(bspline: "BSpline", grid: Grid, dtype: torch.dtype = 
     passes and their ~300 elementwise operations forward and backward. Falls back to the field
     where ``grid`` is not axis-aligned with the lattice.
 
+    Parameters
+    ----------
+    bspline : BSpline
+        The deformation (fixed mm -> moving mm), ``B`` pairs of coefficients.
+    grid : Grid
+        Where the energy is measured (e.g. the fixed grid at half the control spacing).
+    dtype : torch.dtype
+        Dtype of the computation (the per-axis matrices are built in float64).
+
     Returns
     -------
     Tensor
