@@ -167,6 +167,7 @@ def write_run(
     report: dict[str, Any] | None = None,
     jacobian: bool = False,
     threads: int | None = None,
+    qc_helper: Any = None,
 ) -> list[Path]:
     """Write ``result`` into the folder ``out`` (all or nothing) and return the paths written.
 
@@ -201,6 +202,9 @@ def write_run(
         CPU threads for the writing (torch's intra-op threads and the writer threads, at most
         :data:`WRITE_THREADS`), as ``register``'s ``threads`` (the command line's ``--threads``);
         by default torch's setting is left alone and :data:`WRITE_THREADS` files are written at once.
+    qc_helper : miregister.qc_draw.DrawingHelper, optional
+        A helper process started earlier that draws the QC picture while this process writes
+        the other files (the command line starts one; see :mod:`miregister.qc_draw`).
 
     Notes
     -----
@@ -234,7 +238,7 @@ def write_run(
         if jacobian:
             writers.append(("jacobian.nii.gz", lambda p: write_image(jacobian_determinant_image(result.transform, result.fixed.grid), p)))
         if qc:
-            writers.append((QC_PICTURE, lambda p: save_qc_figure(result, p)))
+            writers.append((QC_PICTURE, lambda p: save_qc_figure(result, p, qc_helper)))
         names = [name for name, _ in writers] + [REPORT]
         extra = dict(report or {})
         extra["outputs"] = names

@@ -136,7 +136,7 @@ def test_a_failing_writer_leaves_the_previous_result_intact(tmp_path, capsys, mo
     assert _register(out, *LINEAR) == 0
     before = _contents(out)
 
-    def broken(result, path):
+    def broken(result, path, helper=None):
         Path(path).write_bytes(b"half a picture")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
@@ -231,7 +231,7 @@ _SCRIPT = textwrap.dedent("""
         flag.write_text("registering")
         return real(*args, **kwargs)
 
-    def slow_qc(result, path):
+    def slow_qc(result, path, helper=None):
         Path(path).write_bytes(b"partial")
         flag.write_text("writing")
         time.sleep(120)

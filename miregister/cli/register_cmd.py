@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .common import EXIT_OK, add_command, int_at_least
@@ -128,18 +129,40 @@ def add_parser(commands) -> None:
     reg.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..outputs import check_output_folder, check_transform_format, write_run
-    from ..registration import register
-    from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages
-    from ..registration.quality import EXIT_DOUBTFUL
+def _start_qc_helper(args: argparse.Namespace, threads: object):
+    """A :class:`~miregister.qc_draw.DrawingHelper` for this run's QC picture, started now
+    (before torch loads) so that its matplotlib import overlaps the run; None without a
+    picture or when the run may use only one CPU (``--threads 1``, or the affinity mask)."""
+    from ..threads import available_cpus
 
+    cpus = available_cpus()
+    if isinstance(threads, int) and not isinstance(threads, bool):  # a bad value is refused later, with the others
+        cpus = min(cpus, threads)
+    if args.no_qc or cpus < 2:
+        return None
+    from ..qc_draw import DrawingHelper
+
+    return DrawingHelper.start()
+
+
+def run(args: argparse.Namespace) -> int:
     config = dict(args.config or {})
     for name in ("fixed_mask", "moving_mask"):
         from_file = config.pop(name, None)
         setattr(args, name, getattr(args, name) or from_file)
     args.config = config
     options = registration_options(args)
+    helper = _start_qc_helper(args, options.get("threads"))
+    with helper or contextlib.nullcontext():
+        return _run(args, options, helper)
+
+
+def _run(args: argparse.Namespace, options: dict, helper) -> int:
+    from ..outputs import check_output_folder, check_transform_format, write_run
+    from ..registration import register
+    from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages
+    from ..registration.quality import EXIT_DOUBTFUL
+
     # A report.json's auto_search/strict meet the flags: strict is the CLI's (exit 3 after writing).
     args.no_auto_search = args.no_auto_search or not options.pop("auto_search", True)
     args.strict = args.strict or bool(options.pop("strict", False))
@@ -156,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
     final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite,
-                      jacobian=args.jacobian, threads=options.get("threads"))
+                      jacobian=args.jacobian, threads=options.get("threads"), qc_helper=helper)
     if not args.quiet:
         print(result.summary())
         print(f"wrote {', '.join(str(p) for p in final)}")

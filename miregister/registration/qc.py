@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +20,10 @@ from ..grid import Grid
 from .result import RegistrationResult
 from .validation import on_fixed_grid
 
-__all__ = ["checkerboard", "plane_views", "qc_figure", "save_qc_figure"]
+if TYPE_CHECKING:
+    from ..qc_draw import DrawingHelper
+
+__all__ = ["checkerboard", "plane_views", "qc_panels", "qc_figure", "save_qc_figure"]
 
 #: Letters at the positive / negative end of each LPS axis.
 _POSITIVE, _NEGATIVE = "LPS", "RAI"
@@ -125,20 +128,6 @@ def _value_range(x: np.ndarray) -> tuple[float, float]:
     return (low - 0.5, high + 0.5) if low == high else (low, high)
 
 
-def _mark_tiles(ax, shape: tuple[int, int], tiles: int = 8) -> None:
-    """Letter the first two tiles of a checkerboard (array row 0: the bottom row as drawn with
-    ``origin="lower"``): F (fixed) and M (moving)."""
-    h, w = shape
-    for col, label in ((0, "F"), (1, "M")):
-        ax.text((col + 0.5) * w / tiles, (0.5) * h / tiles, label, color="yellow", fontsize=7,
-                ha="center", va="center", fontweight="bold")
-
-
-def _edge_letters(ax, plane: dict[str, Any]) -> None:
-    ax.text(1.0, 0.5, plane["right"], transform=ax.transAxes, color="cyan", fontsize=8, ha="right", va="center")
-    ax.text(0.5, 1.0, plane["up"], transform=ax.transAxes, color="cyan", fontsize=8, ha="center", va="top")
-
-
 def _jacobian(result: RegistrationResult) -> np.ndarray | None:
     """Jacobian determinant (float32) of the deformable stage on the fixed grid, or None for
     linear chains; the one the validation computed, when it did."""
@@ -151,114 +140,91 @@ def _jacobian(result: RegistrationResult) -> np.ndarray | None:
     return transform_jacobian(deformation, result.fixed.grid, statistics=False).determinant[0].numpy()
 
 
-#: Size (inches) of one panel's cell, and the band above the rows for the figure's title.
-_CELL, _TOP = (3.2, 3.3), 0.35
-#: Margins (left, bottom, right, top; inches) of a panel inside its cell: room for the two-line
-#: title, and in the last column for the axis labels and tick numbers of the histograms.
-_IMAGE_MARGINS, _PLOT_MARGINS = (0.1, 0.1, 0.1, 0.5), (0.6, 0.5, 0.15, 0.5)
-#: Panel titles: a given ``y`` skips matplotlib's search for a title place clear of the tick labels.
-_TITLE = {"fontsize": 9, "y": 1.0}
-
-
-def _grid_axes(fig, rows: int, columns: int) -> np.ndarray:
-    """``rows x columns`` axes at fixed places (images in the first columns, plots in the
-    last). Placed by hand rather than by a layout engine: matplotlib's constrained layout
-    measures every text and tick label of all panels before drawing (about half of the
-    picture's CPU time) and the panels are the same every time."""
-    width, height = fig.get_size_inches()
-    axes = np.empty((rows, columns), dtype=object)
-    for row in range(rows):
-        for col in range(columns):
-            left, bottom, right, top = _PLOT_MARGINS if col == columns - 1 else _IMAGE_MARGINS
-            x0 = col * _CELL[0] + left
-            y0 = (rows - 1 - row) * _CELL[1] + bottom
-            axes[row, col] = fig.add_axes((x0 / width, y0 / height, (_CELL[0] - left - right) / width,
-                                           (_CELL[1] - bottom - top) / height))
-    return axes
-
-
-def _colorbar_axes(fig, ax):
-    """A colour bar's axes at the right of ``ax``, inside ``ax``'s cell (``ax`` narrowed to
-    make room for the bar, its tick numbers and its label)."""
-    width, _ = fig.get_size_inches()
-    box = ax.get_position()
-    room = 0.85 / width  # inches: bar 0.12, gap 0.05, tick numbers and label ~0.65
-    ax.set_position((box.x0, box.y0, box.width - room, box.height))
-    return fig.add_axes((box.x0 + box.width - room + 0.05 / width, box.y0, 0.12 / width, box.height))
+#: Checkerboard tiles along each side of a plane.
+TILES = 8
 
 
 @torch.no_grad()
-def qc_figure(result: RegistrationResult):
-    """The QC figure (a matplotlib Figure): see :func:`save_qc_figure`."""
-    # The object API with the Agg canvas: no pyplot (its import and global figure registry).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.figure import Figure
+def qc_panels(result: RegistrationResult) -> dict[str, Any]:
+    """What the QC picture shows, as numpy arrays and text (no matplotlib): the input of
+    :func:`miregister.qc_draw.qc_figure_from_panels`, which documents the keys.
 
+    The fixed image's middle planes (:func:`plane_views`) as checkerboards with the moving
+    image before (identity resampling onto the fixed grid) and after registration, the joint
+    histograms of the whole volumes (log counts, 64 bins), and for deformable chains the
+    Jacobian determinant's planes, colour range (centred at 1) and histogram.
+    """
     fixed = result.fixed.data[0].float().numpy()
     # the identity resampling in slabs (the image itself when the grids agree), SimpleITK's inside rule
     before = on_fixed_grid(result.moving, result.fixed)[0].float().numpy()
     after = result.warped.data[0].float().numpy()
     planes = plane_views(result.fixed.grid)
-    jacobian = _jacobian(result)
-    rows = 2 + (jacobian is not None)
-    columns = len(planes) + 1
-    fig = Figure(figsize=(_CELL[0] * columns, _CELL[1] * rows + _TOP))
-    FigureCanvasAgg(fig)
-    axes = _grid_axes(fig, rows, columns)
-    for row, (label, moved) in enumerate((("before", before), ("after", after))):
-        for col, plane in enumerate(planes):
-            ax = axes[row, col]
-            f_plane, m_plane = _plane(fixed, plane), _plane(moved, plane)
-            ax.imshow(checkerboard(f_plane, m_plane), cmap="gray", origin="lower")
-            _mark_tiles(ax, f_plane.shape)
-            _edge_letters(ax, plane)
-            ax.set_axis_off()
-            ax.set_title(f"{label}: {plane['view']}\nF fixed / M moving tiles", **_TITLE)
-        ax = axes[row, len(planes)]
-        ax.imshow(_joint_histogram(fixed, moved), origin="lower", cmap="magma", aspect="auto")
+    rows = []
+    for label, moved in (("before", before), ("after", after)):
         stats = result.validation.get(label)
         title = f"joint histogram {label}"
         if stats:
             title += f"\nMI {stats['soft_bins']:.3f} nats, NMI {stats['nmi']:.3f}"
-        ax.set_title(title, **_TITLE)
-        ax.set_xlabel("fixed intensity bin")
-        ax.set_ylabel("moving intensity bin")
+        rows.append({
+            "label": label,
+            "checkerboards": [checkerboard(_plane(fixed, plane), _plane(moved, plane), TILES) for plane in planes],
+            "histogram": _joint_histogram(fixed, moved),
+            "histogram_title": title,
+        })
+    panels: dict[str, Any] = {
+        "title": f"miregister {'+'.join(result.stages)}: moving on the fixed grid",
+        "planes": [{key: plane[key] for key in ("view", "right", "up")} for plane in planes],
+        "tiles": TILES,
+        "rows": rows,
+        "jacobian": None,
+    }
+    jacobian = _jacobian(result)
     if jacobian is not None:
         low, high = float(np.nanmin(jacobian)), float(np.nanmax(jacobian))
         spread = max(1.0 - low, high - 1.0, 1e-3)
-        norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 - spread, vmax=1.0 + spread)  # white = no volume change
-        for col, plane in enumerate(planes):
-            ax = axes[2, col]
-            shown = ax.imshow(_plane(jacobian, plane), cmap="RdBu_r", norm=norm, origin="lower")
-            _edge_letters(ax, plane)
-            ax.set_axis_off()
-            ax.set_title(f"Jacobian det: {plane['view']}", **_TITLE)
-        fig.colorbar(shown, cax=_colorbar_axes(fig, axes[2, len(planes) - 1]), label="det J (1 = no change)")
-        ax = axes[2, len(planes)]
         counts, edges = np.histogram(jacobian[np.isfinite(jacobian)], bins=100)
-        ax.stairs(counts, edges, fill=True, color="0.4")  # one artist, not 100 bar patches
-        ax.axvline(1.0, color="k", lw=0.8)
         folded = float((jacobian <= 0).mean())
-        ax.set_title(f"det J over the fixed grid\nmin {low:.2f}, max {high:.2f}, folded {folded:.1e}", **_TITLE)
-        ax.set_xlabel("det J")
-        ax.set_yscale("log")
-    fig.suptitle(f"miregister {'+'.join(result.stages)}: moving on the fixed grid", fontsize=11)
-    return fig
+        panels["jacobian"] = {
+            "planes": [_plane(jacobian, plane) for plane in planes],
+            "vmin": 1.0 - spread, "vmax": 1.0 + spread,
+            "counts": counts, "edges": edges,
+            "title": f"det J over the fixed grid\nmin {low:.2f}, max {high:.2f}, folded {folded:.1e}",
+        }
+    return panels
 
 
-def save_qc_figure(result: RegistrationResult, path: str | os.PathLike) -> Path:
+def qc_figure(result: RegistrationResult):
+    """The QC figure (a matplotlib Figure): see :func:`save_qc_figure`."""
+    from ..qc_draw import qc_figure_from_panels
+
+    return qc_figure_from_panels(qc_panels(result))
+
+
+def save_qc_figure(result: RegistrationResult, path: str | os.PathLike, helper: DrawingHelper | None = None) -> Path:
     """Write a PNG: fixed/moving checkerboards (middle axial, coronal and sagittal planes) and
     joint histograms, before and after; for deformable chains also the Jacobian determinant of
     the deformation (colour map centred at 1, blue shrinks, red grows) and its histogram.
 
     "Before" is the moving image resampled onto the fixed grid with the identity transform
     (the images' own physical placement), "after" with the found transform.
+
+    Parameters
+    ----------
+    result : RegistrationResult
+        The run to show.
+    path : path
+        The PNG file, replaced atomically (drawn under a temporary name beside it).
+    helper : DrawingHelper, optional
+        A helper process that draws the picture (:class:`miregister.qc_draw.DrawingHelper`);
+        when it is missing or fails, the picture is drawn in this process.
     """
-    fig = qc_figure(result)
+    from ..qc_draw import save_panels
+
+    panels = qc_panels(result)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90, pil_kwargs={"compress_level": 1})  # same pixels; zlib level 6 costs 2x the time for 10 % less
+    if helper is None or not helper.save(panels, tmp):
+        save_panels(panels, tmp)
     os.replace(tmp, path)
     return path

@@ -1,0 +1,262 @@
+"""Drawing the QC picture from its panels, in this process or in a helper process.
+
+This module imports numpy and matplotlib only (never torch), so that a helper process can
+import it in well under a second. :func:`miregister.registration.qc.qc_panels` computes what
+the picture shows (planes, checkerboards, histograms; torch), :func:`qc_figure_from_panels`
+draws it.
+
+Why a helper process: importing matplotlib and drawing the first figure (font loading) costs
+about 0.6 s, and a command-line run pays it once per process, at its very end. The
+optimisation runs on one thread (:func:`miregister.threads.optimisation_threads`), so on a
+machine with two or more CPUs a :class:`DrawingHelper` started with the command imports
+matplotlib and draws a warm-up figure on an otherwise idle CPU while torch loads and the
+registration runs; the run then only sends the panels (a few 2-D arrays, ~1 MB) and writes
+its other files while the helper draws. Any failure of the helper (it cannot start, dies,
+answers with an error or not at all) falls back to drawing in the run's own process, so the
+picture and its errors are the same either way.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["qc_figure_from_panels", "save_panels", "DrawingHelper", "HELPER_TIMEOUT_SECONDS"]
+
+#: Longest wait (s) for the helper's picture before drawing it in the run's own process.
+HELPER_TIMEOUT_SECONDS = 60.0
+#: Size (inches) of one panel's cell, and the band above the rows for the figure's title.
+_CELL, _TOP = (3.2, 3.3), 0.35
+#: Margins (left, bottom, right, top; inches) of a panel inside its cell: room for the two-line
+#: title, and in the last column for the axis labels and tick numbers of the histograms.
+_IMAGE_MARGINS, _PLOT_MARGINS = (0.1, 0.1, 0.1, 0.5), (0.6, 0.5, 0.15, 0.5)
+#: Panel titles: a given ``y`` skips matplotlib's search for a title place clear of the tick labels.
+_TITLE = {"fontsize": 9, "y": 1.0}
+#: Picture resolution and PNG compression: zlib level 6 costs twice the time of 1 for 10 % less.
+_DPI, _PNG = 90, {"compress_level": 1}
+#: The helper's one-line answers.
+_READY, _DONE = b"ready\n", b"done\n"
+
+
+def _mark_tiles(ax, shape: tuple[int, int], tiles: int) -> None:
+    """Letter the first two tiles of a checkerboard (array row 0: the bottom row as drawn with
+    ``origin="lower"``): F (fixed) and M (moving)."""
+    h, w = shape
+    for col, label in ((0, "F"), (1, "M")):
+        ax.text((col + 0.5) * w / tiles, (0.5) * h / tiles, label, color="yellow", fontsize=7,
+                ha="center", va="center", fontweight="bold")
+
+
+def _edge_letters(ax, plane: dict[str, Any]) -> None:
+    ax.text(1.0, 0.5, plane["right"], transform=ax.transAxes, color="cyan", fontsize=8, ha="right", va="center")
+    ax.text(0.5, 1.0, plane["up"], transform=ax.transAxes, color="cyan", fontsize=8, ha="center", va="top")
+
+
+def _grid_axes(fig, rows: int, columns: int) -> np.ndarray:
+    """``rows x columns`` axes at fixed places (images in the first columns, plots in the
+    last). Placed by hand rather than by a layout engine: matplotlib's constrained layout
+    measures every text and tick label of all panels before drawing (about half of the
+    picture's CPU time) and the panels are the same every time."""
+    width, height = fig.get_size_inches()
+    axes = np.empty((rows, columns), dtype=object)
+    for row in range(rows):
+        for col in range(columns):
+            left, bottom, right, top = _PLOT_MARGINS if col == columns - 1 else _IMAGE_MARGINS
+            x0 = col * _CELL[0] + left
+            y0 = (rows - 1 - row) * _CELL[1] + bottom
+            axes[row, col] = fig.add_axes((x0 / width, y0 / height, (_CELL[0] - left - right) / width,
+                                           (_CELL[1] - bottom - top) / height))
+    return axes
+
+
+def _colorbar_axes(fig, ax):
+    """A colour bar's axes at the right of ``ax``, inside ``ax``'s cell (``ax`` narrowed to
+    make room for the bar, its tick numbers and its label)."""
+    width, _ = fig.get_size_inches()
+    box = ax.get_position()
+    room = 0.85 / width  # inches: bar 0.12, gap 0.05, tick numbers and label ~0.65
+    ax.set_position((box.x0, box.y0, box.width - room, box.height))
+    return fig.add_axes((box.x0 + box.width - room + 0.05 / width, box.y0, 0.12 / width, box.height))
+
+
+def qc_figure_from_panels(panels: dict[str, Any]):
+    """The QC picture (a matplotlib Figure on the Agg canvas) of ``panels``.
+
+    Parameters
+    ----------
+    panels : dict
+        As :func:`miregister.registration.qc.qc_panels` returns: ``title``; ``planes`` (one
+        dict per view: ``view``, ``right``, ``up``); ``tiles``; ``rows``, one per moving
+        image shown (``label``, ``checkerboards`` (one 2-D array in [0, 1] per plane),
+        ``histogram`` (2-D, log counts), ``histogram_title``); and ``jacobian``, None or a
+        dict (``planes``: one 2-D array per view, ``vmin``/``vmax``: the colour range centred
+        at 1, ``counts``/``edges``: its histogram, ``title``).
+    """
+    # The object API with the Agg canvas: no pyplot (its import and global figure registry).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    planes, jacobian = panels["planes"], panels["jacobian"]
+    rows = len(panels["rows"]) + (jacobian is not None)
+    columns = len(planes) + 1
+    fig = Figure(figsize=(_CELL[0] * columns, _CELL[1] * rows + _TOP))
+    FigureCanvasAgg(fig)
+    axes = _grid_axes(fig, rows, columns)
+    for row, shown in enumerate(panels["rows"]):
+        for col, (plane, board) in enumerate(zip(planes, shown["checkerboards"])):
+            ax = axes[row, col]
+            ax.imshow(board, cmap="gray", origin="lower")
+            _mark_tiles(ax, board.shape, panels["tiles"])
+            _edge_letters(ax, plane)
+            ax.set_axis_off()
+            ax.set_title(f"{shown['label']}: {plane['view']}\nF fixed / M moving tiles", **_TITLE)
+        ax = axes[row, len(planes)]
+        ax.imshow(shown["histogram"], origin="lower", cmap="magma", aspect="auto")
+        ax.set_title(shown["histogram_title"], **_TITLE)
+        ax.set_xlabel("fixed intensity bin")
+        ax.set_ylabel("moving intensity bin")
+    if jacobian is not None:
+        row = rows - 1
+        norm = TwoSlopeNorm(vcenter=1.0, vmin=jacobian["vmin"], vmax=jacobian["vmax"])  # white = no volume change
+        for col, (plane, values) in enumerate(zip(planes, jacobian["planes"])):
+            ax = axes[row, col]
+            image = ax.imshow(values, cmap="RdBu_r", norm=norm, origin="lower")
+            _edge_letters(ax, plane)
+            ax.set_axis_off()
+            ax.set_title(f"Jacobian det: {plane['view']}", **_TITLE)
+        fig.colorbar(image, cax=_colorbar_axes(fig, axes[row, len(planes) - 1]), label="det J (1 = no change)")
+        ax = axes[row, len(planes)]
+        ax.stairs(jacobian["counts"], jacobian["edges"], fill=True, color="0.4")  # one artist, not 100 bar patches
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(jacobian["title"], **_TITLE)
+        ax.set_xlabel("det J")
+        ax.set_yscale("log")
+    fig.suptitle(panels["title"], fontsize=11)
+    return fig
+
+
+def save_panels(panels: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Draw ``panels`` (:func:`qc_figure_from_panels`) into the PNG file ``path`` (written in
+    place: the caller stages it) and return the path."""
+    path = Path(path)
+    qc_figure_from_panels(panels).savefig(path, dpi=_DPI, pil_kwargs=_PNG)
+    return path
+
+
+def _warm_up() -> None:
+    """Draw a small figure with text, an image and a log axis into memory: loads the fonts and
+    the renderer's first-use state, so that the real picture draws at full speed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.imshow(np.zeros((4, 4)), cmap="magma")
+    ax.set_title("warm-up", fontsize=9)
+    ax.set_yscale("log")
+    fig.savefig(io.BytesIO(), dpi=_DPI, format="png", pil_kwargs=_PNG)
+
+
+def _serve() -> None:
+    """The helper process: warm up, answer ``ready``, then draw the one request read from
+    stdin (a pickled ``(panels, path)``) and answer ``done`` or ``error: ...``. An empty stdin
+    (the run ended without a picture, or died) ends the helper."""
+    out = sys.stdout.buffer
+    _warm_up()
+    out.write(_READY)
+    out.flush()
+    data = sys.stdin.buffer.read()
+    if not data:
+        return
+    try:
+        panels, path = pickle.loads(data)
+        save_panels(panels, path)
+    except Exception as error:  # reported to the run, which then draws the picture itself
+        out.write(f"error: {type(error).__name__}: {error}\n".encode())
+    else:
+        out.write(_DONE)
+    out.flush()
+
+
+class DrawingHelper:
+    """A helper process that imports matplotlib at once and later draws one QC picture.
+
+    Start it before the slow work (``DrawingHelper.start()``); :meth:`save` then sends the
+    panels and waits for the file, and :meth:`close` ends the process. Every method is safe to
+    call after a failure: :meth:`save` returns False (draw in-process) and :meth:`close` does
+    nothing more.
+    """
+
+    def __init__(self, process: subprocess.Popen | None) -> None:
+        self._process = process
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls) -> "DrawingHelper":
+        """Start the helper process (same interpreter, this package's copy, one thread for
+        numpy); a helper that cannot start is an inactive one whose :meth:`save` returns False."""
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        code = f"import sys; sys.path.insert(0, {package_parent!r}); from miregister.qc_draw import _serve; _serve()"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+        try:
+            process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        except (OSError, ValueError):
+            process = None
+        return cls(process)
+
+    def save(self, panels: dict[str, Any], path: str | os.PathLike, timeout: float = HELPER_TIMEOUT_SECONDS) -> bool:
+        """Have the helper draw ``panels`` into ``path``; True when the file is written, False
+        when the helper is unavailable or failed (the helper is then ended; nothing is left at
+        ``path``). Only the first call uses the process."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is None:
+            return False
+        request = pickle.dumps((panels, os.fspath(path)), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            answer, _ = process.communicate(request, timeout=timeout)
+            if answer == _READY + _DONE and Path(path).is_file():
+                return True
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+        finally:
+            _end(process)
+        with contextlib.suppress(OSError):
+            Path(path).unlink(missing_ok=True)
+        return False
+
+    def close(self) -> None:
+        """End the helper if it is still running (it has drawn nothing, or is drawing)."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            _end(process)
+
+    def __enter__(self) -> "DrawingHelper":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _end(process: subprocess.Popen) -> None:
+    """Kill ``process`` if it still runs and reap it (its pipes closed)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=5.0)
+    for stream in (process.stdin, process.stdout):
+        with contextlib.suppress(OSError, ValueError):
+            if stream is not None:
+                stream.close()
