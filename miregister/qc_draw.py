@@ -153,24 +153,24 @@ def save_panels(panels: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def _warm_up() -> None:
-    """Draw a small figure with text, an image and a log axis into memory: loads the fonts and
-    the renderer's first-use state, so that the real picture draws at full speed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(2, 2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.imshow(np.zeros((4, 4)), cmap="magma")
-    ax.set_title("warm-up", fontsize=9)
-    ax.set_yscale("log")
-    fig.savefig(io.BytesIO(), dpi=_DPI, format="png", pil_kwargs=_PNG)
+    """Draw a small picture with every kind of panel (checkerboards, histograms, the Jacobian
+    row and its colour bar) into memory: loads the fonts, colour maps and the renderer's
+    first-use state, so that the real picture draws at full speed."""
+    ramp = np.linspace(0.0, 1.0, 64).reshape(8, 8)
+    planes = [{"view": "axial", "right": "L", "up": "A"}]
+    rows = [{"label": "warm-up", "checkerboards": [ramp], "histogram": ramp, "histogram_title": "warm-up"}]
+    counts, edges = np.histogram(ramp + 0.5, bins=10)
+    jacobian = {"planes": [ramp + 0.5], "vmin": 0.5, "vmax": 1.5, "counts": counts, "edges": edges, "title": "warm-up"}
+    panels = {"title": "warm-up", "planes": planes, "tiles": 2, "rows": rows, "jacobian": jacobian}
+    qc_figure_from_panels(panels).savefig(io.BytesIO(), dpi=_DPI, format="png", pil_kwargs=_PNG)
 
 
 def _serve() -> None:
     """The helper process: warm up, answer ``ready``, then draw the one request read from
     stdin (a pickled ``(panels, path)``) and answer ``done`` or ``error: ...``. An empty stdin
-    (the run ended without a picture, or died) ends the helper."""
+    (the run ended without a picture, or died) ends the helper. The caller ends the process
+    with ``os._exit`` after this returns: the run waits for the answer's end of file, and the
+    interpreter's teardown of matplotlib would add ~0.1 s to that wait."""
     out = sys.stdout.buffer
     _warm_up()
     out.write(_READY)
@@ -206,7 +206,8 @@ class DrawingHelper:
         """Start the helper process (same interpreter, this package's copy, one thread for
         numpy); a helper that cannot start is an inactive one whose :meth:`save` returns False."""
         package_parent = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.insert(0, {package_parent!r}); from miregister.qc_draw import _serve; _serve()"
+        code = (f"import os, sys; sys.path.insert(0, {package_parent!r}); from miregister.qc_draw import _serve; "
+                "_serve(); os._exit(0)")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
         try:
             process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
