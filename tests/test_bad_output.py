@@ -468,6 +468,38 @@ def test_write_all_reports_the_first_failure_in_writer_order(tmp_path, threads):
     assert (tmp_path / outputs.QC_PICTURE).read_text() == outputs.QC_PICTURE
 
 
+def test_write_all_starts_the_named_writers_first_in_their_order(tmp_path):
+    from miregister import outputs
+
+    started = []
+
+    def writer(name):
+        def write(path):
+            started.append(name)
+            path.write_text(name)
+        return write
+
+    names = ["transform.h5", "warped.nii.gz", "inverse.h5", outputs.QC_PICTURE, "report.json"]
+    assert outputs._write_all([(n, writer(n)) for n in names], tmp_path, 1, first=["inverse.h5", outputs.QC_PICTURE]) is None
+    assert started == ["inverse.h5", outputs.QC_PICTURE, "transform.h5", "warped.nii.gz", "report.json"]
+
+
+def test_a_deformable_run_starts_computing_its_inverse_first(tmp_path, monkeypatch):
+    from miregister import outputs
+
+    seen = []
+    real = outputs._write_all
+
+    def spy(writers_, staging, threads=outputs.WRITE_THREADS, first=()):
+        seen.append(list(first))
+        return real(writers_, staging, threads, first=first)
+
+    monkeypatch.setattr(outputs, "_write_all", spy)
+    assert _register(tmp_path / "out", *DEFORMABLE) == 0
+    assert _register(tmp_path / "lin", *LINEAR) == 0
+    assert seen == [["inverse.h5", outputs.QC_PICTURE], [outputs.QC_PICTURE]]
+
+
 @pytest.mark.parametrize("flags, writers, torch_threads", [(["--threads", "1"], 1, 1), ([], 2, None)])
 def test_threads_flag_bounds_the_writing_too(tmp_path, monkeypatch, flags, writers, torch_threads):
     """``--threads N`` holds for the whole command: the files are written on at most N threads,
@@ -479,9 +511,9 @@ def test_threads_flag_bounds_the_writing_too(tmp_path, monkeypatch, flags, write
     seen = []
     real = outputs._write_all
 
-    def spy(writers_, staging, threads=outputs.WRITE_THREADS):
+    def spy(writers_, staging, threads=outputs.WRITE_THREADS, **kwargs):
         seen.append((threads, torch.get_num_threads()))
-        return real(writers_, staging, threads)
+        return real(writers_, staging, threads, **kwargs)
 
     monkeypatch.setattr(outputs, "_write_all", spy)
     before = torch.get_num_threads()
