@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
 from .common import EXIT_OK, add_command, int_at_least
+
+if TYPE_CHECKING:
+    from ..qc_draw import DrawingHelper
 
 
 def _bins_arg(text: str) -> int | str:
@@ -129,7 +133,7 @@ def add_parser(commands) -> None:
     reg.set_defaults(run=run)
 
 
-def _start_qc_helper(args: argparse.Namespace, threads: object):
+def _start_qc_helper(args: argparse.Namespace, threads: object) -> DrawingHelper | None:
     """A :class:`~miregister.qc_draw.DrawingHelper` for this run's QC picture, started now
     (before torch loads) so that its matplotlib import overlaps the run; None without a
     picture or when the run may use only one CPU (``--threads 1``, or the affinity mask)."""
@@ -157,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, options, helper)
 
 
-def _run(args: argparse.Namespace, options: dict, helper) -> int:
+def _run(args: argparse.Namespace, options: dict, helper: DrawingHelper | None) -> int:
     from ..outputs import check_output_folder, check_transform_format, write_run
     from ..registration import register
     from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages

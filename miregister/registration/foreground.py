@@ -115,8 +115,8 @@ def _within(inside: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.nda
     first axis, each slab with a halo of ``margin_mm``: an object voxel within the margin of a
     slab voxel lies in its halo, so every slab voxel gets the same distance (and the same
     answer) as from the whole image, and one further away is > margin either way."""
-    reach = [int(np.floor(margin_mm / s)) + 1 for s in spacing]  # + 1: a margin / spacing rounded down
-    halo = int(np.floor(margin_mm / spacing[0])) + 1
+    reach = _window(margin_mm, spacing)
+    halo = reach[0]
     plane = int(np.prod(inside.shape[1:]))
     step = max(1, SLAB_VOXELS // max(plane, 1) - 2 * halo)
     out = np.zeros(inside.shape, dtype=bool)
@@ -128,6 +128,12 @@ def _within(inside: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np.nda
             near = _squared_distance(block, spacing, reach) <= margin_mm ** 2
             out[start:stop] = near[start - lo : stop - lo].numpy()
     return out
+
+
+def _window(distance_mm: float, spacing: np.ndarray) -> list[int]:
+    """Voxels along each axis that cover ``distance_mm`` (one more than ``distance_mm / spacing``
+    rounded down, so that rounding never leaves a voxel at exactly that distance out)."""
+    return [int(np.floor(distance_mm / s)) + 1 for s in spacing]
 
 
 def _squared_distance(inside: np.ndarray, spacing: np.ndarray, reach: list[int]) -> torch.Tensor:
@@ -167,7 +173,7 @@ def _distance_to(inside: np.ndarray, spacing: np.ndarray, factor: int, margin_mm
     coarse = padded.reshape([v for n in padded_shape for v in (n // factor, factor)]).any(axis=tuple(range(1, 2 * len(shape), 2)))
     coarse_spacing = spacing * factor
     bound = margin_mm + float(np.linalg.norm(coarse_spacing))
-    reach = [int(np.floor(bound / s)) + 1 for s in coarse_spacing]
+    reach = _window(bound, coarse_spacing)
     distance = _squared_distance(coarse, coarse_spacing, reach).clamp_(max=(2.0 * bound) ** 2).sqrt_()
     mode = "bilinear" if len(shape) == 2 else "trilinear"
     # align_corners=False with an integer factor puts each fine centre at its place in the coarse grid

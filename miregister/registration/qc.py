@@ -29,9 +29,11 @@ __all__ = ["checkerboard", "plane_views", "qc_panels", "qc_figure", "save_qc_fig
 _POSITIVE, _NEGATIVE = "LPS", "RAI"
 #: The view whose plane is perpendicular to LPS axis 0 (x), 1 (y), 2 (z).
 _VIEW_OF_NORMAL = ("sagittal", "coronal", "axial")
+#: Checkerboard tiles along each side of a plane.
+TILES = 8
 
 
-def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
+def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = TILES) -> np.ndarray:
     """Interleave two 2-D arrays of the same shape in ``tiles x tiles`` squares (each scaled to [0, 1]).
 
     Tile ``(0, 0)`` (first row, first column) and every tile an even number of steps from it
@@ -138,10 +140,6 @@ def _jacobian(result: RegistrationResult) -> np.ndarray | None:
     if deformation is None:
         return None
     return transform_jacobian(deformation, result.fixed.grid, statistics=False).determinant[0].numpy()
-
-
-#: Checkerboard tiles along each side of a plane.
-TILES = 8
 
 
 @torch.no_grad()
