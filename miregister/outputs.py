@@ -202,9 +202,9 @@ def write_run(
         CPU threads for the writing (torch's intra-op threads and the writer threads, at most
         :data:`WRITE_THREADS`), as ``register``'s ``threads`` (the command line's ``--threads``);
         by default torch's setting is left alone and :data:`WRITE_THREADS` files are written at once.
-    qc_helper : miregister.qc_draw.DrawingHelper, optional
+    qc_helper : miregister.helper_process.HelperProcess, optional
         A helper process started earlier that draws the QC picture while this process writes
-        the other files (the command line starts one; see :mod:`miregister.qc_draw`).
+        the other files (the command line starts one; see :mod:`miregister.helper_process`).
 
     Notes
     -----

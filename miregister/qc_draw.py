@@ -5,34 +5,22 @@ import it in well under a second. :func:`miregister.registration.qc.qc_panels` c
 the picture shows (planes, checkerboards, histograms; torch), :func:`qc_figure_from_panels`
 draws it.
 
-Why a helper process: importing matplotlib and drawing the first figure (font loading) costs
-about 0.6 s, and a command-line run pays it once per process, at its very end. The
-optimisation runs on one thread (:func:`miregister.threads.optimisation_threads`), so on a
-machine with two or more CPUs a :class:`DrawingHelper` started with the command imports
-matplotlib and draws a warm-up figure on an otherwise idle CPU while torch loads and the
-registration runs; the run then only sends the panels (a few 2-D arrays, ~1 MB) and writes
-its other files while the helper draws. Any failure of the helper (it cannot start, dies,
-answers with an error or not at all) falls back to drawing in the run's own process, so the
-picture and its errors are the same either way.
+Importing matplotlib and drawing the first figure (font loading) costs about 0.6 s; the
+command line's helper process (:mod:`miregister.helper_process`) pays it with :func:`warm_up`
+while the run registers, and then draws the picture with :func:`save_panels`, the same code
+(and pixels) as drawing it in the run's own process.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import pickle
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["qc_figure_from_panels", "save_panels", "DrawingHelper", "HELPER_TIMEOUT_SECONDS"]
+__all__ = ["qc_figure_from_panels", "save_panels", "warm_up"]
 
-#: Longest wait (s) for the helper's picture before drawing it in the run's own process.
-HELPER_TIMEOUT_SECONDS = 60.0
 #: Size (inches) of one panel's cell, and the band above the rows for the figure's title.
 _CELL, _TOP = (3.2, 3.3), 0.35
 #: Margins (left, bottom, right, top; inches) of a panel inside its cell: room for the two-line
@@ -42,8 +30,6 @@ _IMAGE_MARGINS, _PLOT_MARGINS = (0.1, 0.1, 0.1, 0.5), (0.6, 0.5, 0.15, 0.5)
 _TITLE = {"fontsize": 9, "y": 1.0}
 #: Picture resolution and PNG compression: zlib level 6 costs twice the time of 1 for 10 % less.
 _DPI, _PNG = 90, {"compress_level": 1}
-#: The helper's one-line answers.
-_READY, _DONE = b"ready\n", b"done\n"
 
 
 def _mark_tiles(ax, shape: tuple[int, int], tiles: int) -> None:
@@ -152,7 +138,7 @@ def save_panels(panels: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Draw a small picture with every kind of panel (checkerboards, histograms, the Jacobian
     row and its colour bar) into memory: loads the fonts, colour maps and the renderer's
     first-use state, so that the real picture draws at full speed."""
@@ -163,101 +149,3 @@ def _warm_up() -> None:
     jacobian = {"planes": [ramp + 0.5], "vmin": 0.5, "vmax": 1.5, "counts": counts, "edges": edges, "title": "warm-up"}
     panels = {"title": "warm-up", "planes": planes, "tiles": 2, "rows": rows, "jacobian": jacobian}
     qc_figure_from_panels(panels).savefig(io.BytesIO(), dpi=_DPI, format="png", pil_kwargs=_PNG)
-
-
-def _serve() -> None:
-    """The helper process: warm up, answer ``ready``, then draw the one request read from
-    stdin (a pickled ``(panels, path)``) and answer ``done`` or ``error: ...``. An empty stdin
-    (the run ended without a picture, or died) ends the helper. The caller ends the process
-    with ``os._exit`` after this returns: the run waits for the answer's end of file, and the
-    interpreter's teardown of matplotlib would add ~0.1 s to that wait."""
-    out = sys.stdout.buffer
-    _warm_up()
-    out.write(_READY)
-    out.flush()
-    data = sys.stdin.buffer.read()
-    if not data:
-        return
-    try:
-        panels, path = pickle.loads(data)
-        save_panels(panels, path)
-    except Exception as error:  # reported to the run, which then draws the picture itself
-        out.write(f"error: {type(error).__name__}: {error}\n".encode())
-    else:
-        out.write(_DONE)
-    out.flush()
-
-
-class DrawingHelper:
-    """A helper process that imports matplotlib at once and later draws one QC picture.
-
-    Start it before the slow work (``DrawingHelper.start()``); :meth:`save` then sends the
-    panels and waits for the file, and :meth:`close` ends the process. Every method is safe to
-    call after a failure: :meth:`save` returns False (draw in-process) and :meth:`close` does
-    nothing more.
-    """
-
-    def __init__(self, process: subprocess.Popen | None) -> None:
-        self._process = process
-        self._lock = threading.Lock()
-
-    @classmethod
-    def start(cls) -> "DrawingHelper":
-        """Start the helper process (same interpreter, this package's copy, one thread for
-        numpy); a helper that cannot start is an inactive one whose :meth:`save` returns False."""
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        code = (f"import os, sys; sys.path.insert(0, {package_parent!r}); from miregister.qc_draw import _serve; "
-                "_serve(); os._exit(0)")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-        try:
-            process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL, env=env, close_fds=True)
-        except (OSError, ValueError):
-            process = None
-        return cls(process)
-
-    def save(self, panels: dict[str, Any], path: str | os.PathLike, timeout: float = HELPER_TIMEOUT_SECONDS) -> bool:
-        """Have the helper draw ``panels`` into ``path``; True when the file is written, False
-        when the helper is unavailable or failed (the helper is then ended; nothing is left at
-        ``path``). Only the first call uses the process."""
-        with self._lock:
-            process, self._process = self._process, None
-        if process is None:
-            return False
-        request = pickle.dumps((panels, os.fspath(path)), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            answer, _ = process.communicate(request, timeout=timeout)
-            if answer == _READY + _DONE and Path(path).is_file():
-                return True
-        except (OSError, ValueError, subprocess.SubprocessError):
-            pass
-        finally:
-            _end(process)
-        with contextlib.suppress(OSError):
-            Path(path).unlink(missing_ok=True)
-        return False
-
-    def close(self) -> None:
-        """End the helper if it is still running (it has drawn nothing, or is drawing)."""
-        with self._lock:
-            process, self._process = self._process, None
-        if process is not None:
-            _end(process)
-
-    def __enter__(self) -> "DrawingHelper":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _end(process: subprocess.Popen) -> None:
-    """Kill ``process`` if it still runs and reap it (its pipes closed)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=5.0)
-    for stream in (process.stdin, process.stdout):
-        with contextlib.suppress(OSError, ValueError):
-            if stream is not None:
-                stream.close()

@@ -72,3 +72,19 @@ def test_scoring_problem_caps_samples_and_interpolates_linearly(level):
     assert problem.points.shape[1] == min(full.points.shape[1], searches.ORIENTATION_SAMPLES)
     small = searches._scoring_problem(level[0], replace(stage, samples=1000), opts, seed=1)
     assert small.points.shape[1] == 1000
+
+
+def test_orientation_candidates_are_the_axis_turns_and_45_degree_rotations():
+    """Written out without scipy: checked against scipy's rotation vectors."""
+    from scipy.spatial.transform import Rotation
+
+    for ndim, count in ((2, 5), (3, 29)):
+        candidates = searches._orientation_candidates(ndim)
+        assert len(candidates) == count
+        for r in candidates:
+            np.testing.assert_allclose(r @ r.T, np.eye(ndim), atol=1e-12)
+            assert np.linalg.det(r) == pytest.approx(1.0)
+    turns = [Rotation.from_rotvec(sign * np.pi / 4 * axis).as_matrix() for axis in np.eye(3) for sign in (1.0, -1.0)]
+    np.testing.assert_allclose(np.stack(searches._orientation_candidates(3)[-6:]), np.stack(turns), atol=1e-15)
+    angles = [np.degrees(np.arctan2(r[1, 0], r[0, 0])) for r in searches._orientation_candidates(2)[-2:]]
+    np.testing.assert_allclose(angles, [45.0, -45.0])

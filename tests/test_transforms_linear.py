@@ -223,3 +223,20 @@ def test_composite_broadcasts_a_shared_stage_and_validates():
         Composite([Affine(2, batch_size=2), Affine(2, batch_size=3)])
     with pytest.raises(ValueError):
         Composite([])
+
+
+def test_rotation_parameters_equal_scipy_at_every_angle():
+    """Written out without scipy (import cost); scipy's rotation vectors are the reference,
+    including angles at and near pi (where the axis sign is arbitrary only at exactly pi) and near 0."""
+    rng = np.random.default_rng(5)
+    axes = rng.standard_normal((200, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    vectors = [Rotation.random(500, random_state=2).as_rotvec()]
+    vectors += [axes * angle for angle in (np.pi - 1e-9, np.pi - 1e-4, 3.0, 1e-3, 1.1e-3, 1e-6, 1e-12, 0.0)]
+    matrices = Rotation.from_rotvec(np.concatenate(vectors)).as_matrix()
+    got = rotation_parameters(matrices)
+    np.testing.assert_allclose(got, Rotation.from_matrix(matrices).as_rotvec(), rtol=0, atol=1e-12)
+    # exactly pi: either sign of the axis is the same rotation
+    half_turns = Rotation.from_rotvec(axes * np.pi).as_matrix()
+    np.testing.assert_allclose(Rotation.from_rotvec(rotation_parameters(half_turns)).as_matrix(), half_turns, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(rotation_parameters(half_turns), axis=1), np.pi, atol=1e-12)

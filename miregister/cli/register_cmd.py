@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .common import EXIT_OK, add_command, int_at_least
 
 if TYPE_CHECKING:
-    from ..qc_draw import DrawingHelper
+    from ..helper_process import HelperProcess
 
 
 def _bins_arg(text: str) -> int | str:
@@ -133,20 +133,22 @@ def add_parser(commands) -> None:
     reg.set_defaults(run=run)
 
 
-def _start_qc_helper(args: argparse.Namespace, threads: object) -> DrawingHelper | None:
-    """A :class:`~miregister.qc_draw.DrawingHelper` for this run's QC picture, started now
-    (before torch loads) so that its matplotlib import overlaps the run; None without a
-    picture or when the run may use only one CPU (``--threads 1``, or the affinity mask)."""
+def _start_helper(args: argparse.Namespace, threads: object) -> HelperProcess | None:
+    """A :class:`~miregister.helper_process.HelperProcess` for this run, started now (before
+    torch loads) so that its imports overlap the run: it draws the QC picture and answers the
+    validation's neighbour searches. None when it has neither to do, or when the run may use
+    only one CPU (``--threads 1``, or the affinity mask): it would then compete with the run."""
     from ..threads import available_cpus
 
     cpus = available_cpus()
     if isinstance(threads, int) and not isinstance(threads, bool):  # a bad value is refused later, with the others
         cpus = min(cpus, threads)
-    if args.no_qc or cpus < 2:
+    draw, neighbours = not args.no_qc, not args.no_validate
+    if cpus < 2 or not (draw or neighbours):
         return None
-    from ..qc_draw import DrawingHelper
+    from ..helper_process import HelperProcess
 
-    return DrawingHelper.start()
+    return HelperProcess.start(draw=draw, neighbours=neighbours)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,12 +158,13 @@ def run(args: argparse.Namespace) -> int:
         setattr(args, name, getattr(args, name) or from_file)
     args.config = config
     options = registration_options(args)
-    helper = _start_qc_helper(args, options.get("threads"))
+    helper = _start_helper(args, options.get("threads"))
     with helper or contextlib.nullcontext():
         return _run(args, options, helper)
 
 
-def _run(args: argparse.Namespace, options: dict, helper: DrawingHelper | None) -> int:
+def _run(args: argparse.Namespace, options: dict, helper: HelperProcess | None) -> int:
+    from ..neighbours import delegated_to
     from ..outputs import check_output_folder, check_transform_format, write_run
     from ..registration import register
     from ..registration.options import DEFORMABLE_STAGES, build_options, parse_stages
@@ -176,11 +179,12 @@ def _run(args: argparse.Namespace, options: dict, helper: DrawingHelper | None) 
     build_options(stages, device=args.device, **options)
     check_transform_format(not any(stage in DEFORMABLE_STAGES for stage in stages), args.transform_format)
     check_output_folder(args.output, overwrite=args.overwrite)
-    result = register(
-        args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-        initial_transform=args.initial_transform, device=args.device, rotation_search=args.rotation_search,
-        auto_search=not args.no_auto_search, validate=not args.no_validate, verbose=not args.quiet, **options,
-    )
+    with delegated_to(helper.neighbour_distance if helper is not None else None):
+        result = register(
+            args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+            initial_transform=args.initial_transform, device=args.device, rotation_search=args.rotation_search,
+            auto_search=not args.no_auto_search, validate=not args.no_validate, verbose=not args.quiet, **options,
+        )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
     final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite,
                       jacobian=args.jacobian, threads=options.get("threads"), qc_helper=helper)

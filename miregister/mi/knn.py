@@ -22,7 +22,8 @@ With heavily tied data (integer intensities) the estimate is biased by the ties;
 
 Backends
 --------
-``"scipy"``: ``scipy.spatial.cKDTree`` (max-norm, all cores) and NumPy marginal counts on the
+``"scipy"``: ``scipy.spatial.cKDTree`` (max-norm, all cores; :mod:`miregister.neighbours`,
+which a command-line run delegates to its helper process) and NumPy marginal counts on the
 CPU, the result moved back to the input's device. ``"torch"``: exact chunked brute-force
 search and marginal counts on the input's device (O(N^2) work, O(chunk * N) memory; meant for
 CUDA). ``"auto"`` picks scipy for CPU tensors and torch otherwise.
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..neighbours import kth_neighbour_distance
 from .validation import check_pair, check_weights
 
 __all__ = [
@@ -46,16 +48,6 @@ __all__ = [
 
 #: Elements of the (chunk, N) distance block in the torch backend.
 _BLOCK = 1 << 24
-
-
-def _radius_scipy(points: np.ndarray, k: int) -> np.ndarray:
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(points, leafsize=16, balanced_tree=False, compact_nodes=False)
-    # k + 1: the sample itself is at distance 0, so the (k+1)-th distance is the k-th neighbour's
-    # even with duplicates.
-    dist, _ = tree.query(points, k=[k + 1], p=np.inf, workers=-1)
-    return dist[:, 0]
 
 
 def _radius_torch(points: Tensor, k: int) -> Tensor:
@@ -90,7 +82,7 @@ def ksg_neighbour_radius(x: Tensor, y: Tensor, k: int, backend: str = "auto") ->
         backend = "scipy" if x.device.type == "cpu" else "torch"
     if backend == "scipy":
         pts = torch.stack([x, y], dim=1).cpu().numpy()
-        return torch.from_numpy(_radius_scipy(pts, k)).to(x.device)
+        return torch.from_numpy(kth_neighbour_distance(pts, k)).to(x.device)
     if backend == "torch":
         return _radius_torch(torch.stack([x, y], dim=1), k)
     raise ValueError(f"backend must be 'auto', 'scipy' or 'torch', got {backend!r}")
@@ -203,20 +195,20 @@ def _ksg_row(x: Tensor, y: Tensor, k: int, backend: str) -> Tensor:
     if backend == "auto":
         backend = "scipy" if x.device.type == "cpu" else "torch"
     if backend == "scipy":
-        from scipy.special import digamma
-
         xn, yn = x.cpu().numpy(), y.cpu().numpy()
-        eps = _radius_scipy(np.stack([xn, yn], axis=1), k)
-        nx = strict_marginal_counts_numpy(xn, eps)
-        ny = strict_marginal_counts_numpy(yn, eps)
-        value = digamma(k) + digamma(n) - (digamma(nx + 1.0).mean() + digamma(ny + 1.0).mean())
-        return torch.tensor(value, dtype=torch.float64, device=x.device)
-    eps = ksg_neighbour_radius(x, y, k, backend)
-    nx = strict_marginal_counts(x, eps)
-    ny = strict_marginal_counts(y, eps)
+        eps = kth_neighbour_distance(np.stack([xn, yn], axis=1), k)
+        nx = torch.from_numpy(strict_marginal_counts_numpy(xn, eps))
+        ny = torch.from_numpy(strict_marginal_counts_numpy(yn, eps))
+    else:
+        eps = ksg_neighbour_radius(x, y, k, backend)
+        nx = strict_marginal_counts(x, eps)
+        ny = strict_marginal_counts(y, eps)
+    # torch's digamma rather than scipy.special's: same values to float64 rounding, and no
+    # scipy import in a process that delegates the neighbour search (miregister.neighbours)
     digamma = torch.special.digamma
     const = float(digamma(torch.tensor(float(k), dtype=torch.float64)) + digamma(torch.tensor(float(n), dtype=torch.float64)))
-    return const - (digamma((nx + 1).double()).mean() + digamma((ny + 1).double()).mean())
+    value = const - (digamma((nx + 1).double()).mean() + digamma((ny + 1).double()).mean())
+    return value.to(x.device)
 
 
 def knn_mutual_information(

@@ -21,7 +21,7 @@ from .result import RegistrationResult
 from .validation import on_fixed_grid
 
 if TYPE_CHECKING:
-    from ..qc_draw import DrawingHelper
+    from ..helper_process import HelperProcess
 
 __all__ = ["checkerboard", "plane_views", "qc_panels", "qc_figure", "save_qc_figure"]
 
@@ -198,7 +198,7 @@ def qc_figure(result: RegistrationResult):
     return qc_figure_from_panels(qc_panels(result))
 
 
-def save_qc_figure(result: RegistrationResult, path: str | os.PathLike, helper: DrawingHelper | None = None) -> Path:
+def save_qc_figure(result: RegistrationResult, path: str | os.PathLike, helper: HelperProcess | None = None) -> Path:
     """Write a PNG: fixed/moving checkerboards (middle axial, coronal and sagittal planes) and
     joint histograms, before and after; for deformable chains also the Jacobian determinant of
     the deformation (colour map centred at 1, blue shrinks, red grows) and its histogram.
@@ -212,8 +212,8 @@ def save_qc_figure(result: RegistrationResult, path: str | os.PathLike, helper: 
         The run to show.
     path : path
         The PNG file, replaced atomically (drawn under a temporary name beside it).
-    helper : DrawingHelper, optional
-        A helper process that draws the picture (:class:`miregister.qc_draw.DrawingHelper`);
+    helper : HelperProcess, optional
+        A helper process that draws the picture (:class:`miregister.helper_process.HelperProcess`);
         when it is missing or fails, the picture is drawn in this process.
     """
     from ..qc_draw import save_panels
@@ -222,7 +222,7 @@ def save_qc_figure(result: RegistrationResult, path: str | os.PathLike, helper: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    if helper is None or not helper.save(panels, tmp):
+    if helper is None or not helper.save_picture(panels, tmp):
         save_panels(panels, tmp)
     os.replace(tmp, path)
     return path
