@@ -23,6 +23,11 @@ data/mni152_t2like_moved_2mm.nii.gz moving; 2 mm, 98 x 116 x 94):
     parallel region to wait for), affine and deformable, to weigh a single-threaded default;
 and the import time of ``import miregister`` and ``miregister --help``.
 
+miregister runs from this checkout with its bytecode compiled first (``compileall``), as an
+installed package has it (pip compiles the peers' packages at install). Without it, a machine
+with ``PYTHONDONTWRITEBYTECODE`` set (this project's sandbox) compiles miregister's ~60 modules
+in every run, about 0.1 s that no installed copy pays.
+
 Thread counts are each tool's default (miregister: the CPUs this process may use; SimpleITK
 and ANTs: ITK's default); ``--threads N`` sets all three.
 
@@ -35,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -43,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -184,14 +190,26 @@ def _registration_seconds(result: dict[str, Any], out: Path) -> float:
     return float(_last_json(result["stdout"])["registration_s"])
 
 
-def measure_alone(make, repeats: int, env: dict[str, str]) -> dict[str, float]:
-    """Median wall, CPU and registration seconds of ``repeats`` runs of ``make()``, one at a time."""
-    rows = []
+def measure_alone(rows: dict[str, tuple[Callable[[], tuple[list[str], Path]], dict[str, str]]],
+                  repeats: int) -> dict[str, dict[str, Any]]:
+    """Each row's median wall, CPU and registration seconds over ``repeats`` runs, one at a time.
+
+    The rows take turns (one run of each row per round, ``repeats`` rounds) rather than one
+    row's runs in a row: on a machine whose speed drifts over minutes (a shared VM) the drift
+    then slows every row alike instead of whichever rows ran in a slow minute. ``walls`` keeps
+    every round's wall seconds, so ratios can be taken within a round.
+    """
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}
     for _ in range(repeats):
-        command, out = make()
-        (result,) = run_together([command], env)
-        rows.append((result["wall"], result["cpu"], _registration_seconds(result, out)))
-    return {key: statistics.median(r[i] for r in rows) for i, key in enumerate(("wall", "cpu", "registration"))}
+        for name, (make, env) in rows.items():
+            command, out = make()
+            (result,) = run_together([command], env)
+            samples[name].append((result["wall"], result["cpu"], _registration_seconds(result, out)))
+    return {
+        name: {**{key: statistics.median(r[i] for r in runs) for i, key in enumerate(("wall", "cpu", "registration"))},
+               "walls": [r[0] for r in runs]}
+        for name, runs in samples.items()
+    }
 
 
 def measure_pair(make, repeats: int, env: dict[str, str]) -> dict[str, float]:
@@ -239,32 +257,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     env = _environment(args.threads)
+    compileall.compile_dir(str(ROOT / "miregister"), quiet=1)  # as installed (see the notes above)
 
     with tempfile.TemporaryDirectory(prefix="miregister-speed-") as tmp:
         tools = Tools(Path(tmp), args.quick, args.threads)
-        runs: dict[str, dict[str, float]] = {}
-        runs["miregister affine"] = measure_alone(lambda: tools.miregister("affine", qc=True), repeats, env)
-        runs["miregister affine --no-qc"] = measure_alone(lambda: tools.miregister("affine", qc=False), repeats, env)
-        runs["SimpleITK affine script"] = measure_alone(tools.simpleitk, repeats, env)
-        if not args.skip_deformable:
-            runs["miregister rigid+affine+bspline"] = measure_alone(
-                lambda: tools.miregister("rigid+affine+bspline", qc=True), repeats, env
-            )
-            runs["ANTsPy SyN script"] = measure_alone(tools.ants, repeats, env)
         # torch's own OpenMP waiting (libgomp spins 300 000 polls before sleeping; the command
-        # line asks for passive waiting unless the user set one of these), to weigh that choice.
-        spinning = {**env, "GOMP_SPINCOUNT": "300000"}
-        runs[SPINNING] = measure_alone(lambda: tools.miregister("affine", qc=False), repeats, spinning)
-        # One thread: no parallel region wakes a sleeping thread (the cost of passive waiting
+        # line asks for passive waiting unless the user set one of these), to weigh that choice;
+        # and one thread: no parallel region wakes a sleeping thread (the cost of passive waiting
         # on the B-spline stage's many mid-sized ops), at the price of the parallel kernels.
-        runs[SERIAL] = measure_alone(lambda: tools.miregister("affine", qc=False, threads=1), repeats, env)
+        spinning = {**env, "GOMP_SPINCOUNT": "300000"}
+        rows: dict[str, tuple[Callable[[], tuple[list[str], Path]], dict[str, str]]] = {
+            "miregister affine": (lambda: tools.miregister("affine", qc=True), env),
+            "miregister affine --no-qc": (lambda: tools.miregister("affine", qc=False), env),
+            "SimpleITK affine script": (tools.simpleitk, env),
+        }
         if not args.skip_deformable:
-            runs[SPINNING_DEFORMABLE] = measure_alone(
-                lambda: tools.miregister("rigid+affine+bspline", qc=True), repeats, spinning
-            )
-            runs[SERIAL_DEFORMABLE] = measure_alone(
-                lambda: tools.miregister("rigid+affine+bspline", qc=True, threads=1), repeats, env
-            )
+            rows["miregister rigid+affine+bspline"] = (lambda: tools.miregister("rigid+affine+bspline", qc=True), env)
+            rows["ANTsPy SyN script"] = (tools.ants, env)
+        rows[SPINNING] = (lambda: tools.miregister("affine", qc=False), spinning)
+        rows[SERIAL] = (lambda: tools.miregister("affine", qc=False, threads=1), env)
+        if not args.skip_deformable:
+            rows[SPINNING_DEFORMABLE] = (lambda: tools.miregister("rigid+affine+bspline", qc=True), spinning)
+            rows[SERIAL_DEFORMABLE] = (lambda: tools.miregister("rigid+affine+bspline", qc=True, threads=1), env)
+        runs = measure_alone(rows, repeats)
         pairs = {
             "miregister affine --no-qc": measure_pair(lambda: tools.miregister("affine", qc=False), repeats, env),
             SPINNING: measure_pair(lambda: tools.miregister("affine", qc=False), repeats, spinning),
@@ -274,9 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         imports = import_times(max(repeats, 3), env)
 
     sitk = runs["SimpleITK affine script"]
+    def per_round(r: dict[str, Any]) -> str:
+        """Median (range) over the rounds of this row's wall time over the SimpleITK script's in the same round."""
+        ratios = [w / s for w, s in zip(r["walls"], sitk["walls"])]
+        return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
     end_to_end = _table(
-        ["run", "end to end s", "registration s", "CPU s (user+sys)", "end to end / SimpleITK script"],
-        [[name, r["wall"], r["registration"], r["cpu"], r["wall"] / sitk["wall"]] for name, r in runs.items()],
+        ["run", "end to end s", "registration s", "CPU s (user+sys)", "end to end / SimpleITK script",
+         "same round: median (range)"],
+        [[name, r["wall"], r["registration"], r["cpu"], r["wall"] / sitk["wall"], per_round(r)] for name, r in runs.items()],
     )
     concurrent = _table(
         ["run", "alone: end to end s", "two together: slower one s", "slowdown", "CPU s, 2 alone", "CPU s, 2 together"],
@@ -287,11 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = "each tool's default" if args.threads is None else f"{args.threads} for every tool"
     markdown = "\n\n".join([
         "## Speed, end to end (benchmarks/speed.py)",
-        f"Quick-start pair (2 mm, 98 x 116 x 94), affine and deformable; median of {repeats} fresh processes per row; "
+        f"Quick-start pair (2 mm, 98 x 116 x 94), affine and deformable; median of {repeats} fresh processes per row, "
+        "the rows taking turns (one run of each per round), miregister's bytecode compiled as an installed copy has it; "
         f"threads: {threads}; wall clock on an idle machine. \"registration s\" is report.json's "
         "`timings_seconds.total` for miregister and the scripts' own timer around the registration call for the "
         "peers. The SimpleITK script is the lean set-up of DESIGN.md's anchors; the ANTsPy script runs `SyN` "
-        "(rigid + affine + SyN) with its defaults.",
+        "(rigid + affine + SyN) with its defaults. The last column is each round's ratio to the SimpleITK script's run "
+        "of the same round (median and range over the rounds).",
         end_to_end,
         "Two runs started together on the same CPUs; spinning threads show as extra CPU seconds. The "
         "GOMP_SPINCOUNT rows are miregister with torch's default OpenMP waiting (spin, then sleep), which the command "
