@@ -5,9 +5,12 @@ optimisation cannot hide: matplotlib and the first figure (fonts) about 0.6 s, s
 (the KNN cross-check's k-d tree) about 0.3 s. On a machine with two or more CPUs,
 ``miregister register`` starts a :class:`HelperProcess` before torch loads. It imports scipy
 and matplotlib and draws a warm-up figure on an otherwise idle CPU while the run imports torch
-and registers. The run then asks it for the validation's neighbour distances
-(:func:`miregister.neighbours.delegated_to`) and, at the end, sends it the QC picture's panels
-(a few 2-D arrays, ~1 MB) and writes its other files while the helper draws.
+and registers. A linear run sends it the QC picture's panels (a few 2-D arrays, ~1 MB) as soon
+as its warped image exists, and the helper draws them while the run validates; the run asks it
+for the validation's neighbour distances (:func:`miregister.neighbours.delegated_to`) and, at
+the end, sends the histograms' titles (the validation's MI) and writes its other files while the
+helper finishes the picture. A deformable run sends the panels at the end (its Jacobian row
+waits for the validation's).
 
 Any failure of the helper (it cannot start, dies, answers with an error or not in time) leaves
 the work to the run's own process, so the outputs and their errors are the same either way.
@@ -15,8 +18,12 @@ This module and the helper import NumPy, matplotlib and scipy only, never torch.
 
 Protocol: length-prefixed pickles both ways on the helper's stdin and stdout. The helper
 answers ``("ready",)`` once warm, then each request ``("neighbours", points, k)`` with
-``("ok", distances)`` and ``("draw", panels, path)`` with ``("ok", None)``, or either with
-``("error", message)``; it ends after a drawing or at the end of its input.
+``("ok", distances)``, ``("draw", panels, path)`` and ``("finish", titles, path)`` with
+``("ok", None)``, or any of them with ``("error", message)``. ``("prepare", panels)`` has no
+answer: the helper starts drawing the picture without its histograms' titles on a thread of
+its own (still answering searches) and the ``finish`` that follows draws the titles, which
+carry the validation's MI, and writes the file. It ends after a picture or at the end of its
+input.
 """
 from __future__ import annotations
 
@@ -64,7 +71,7 @@ def _receive(stream: BinaryIO) -> Optional[tuple]:
 
 
 def _answer(request: tuple) -> tuple:
-    """The helper's answer to one request."""
+    """The helper's answer to one request that needs no state."""
     kind = request[0]
     if kind == "neighbours":
         from .neighbours import local_kth_neighbour_distance
@@ -80,11 +87,38 @@ def _answer(request: tuple) -> tuple:
     raise ValueError(f"unknown request {kind!r}")
 
 
+class _Preparation:
+    """The helper's picture drawn ahead (``prepare``), on a thread of its own so that the
+    helper keeps answering neighbour searches meanwhile; ``finish`` completes it."""
+
+    def __init__(self, panels: dict[str, Any]) -> None:
+        self._picture: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._draw, args=(panels,), daemon=True)
+        self._thread.start()
+
+    def _draw(self, panels: dict[str, Any]) -> None:
+        from .qc_draw import PreparedPicture
+
+        try:
+            self._picture = PreparedPicture(panels)
+        except BaseException as error:  # reported at finish
+            self._error = error
+
+    def finish(self, titles: list[str], path: str) -> tuple:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._picture.finish(titles, path)
+        return ("ok", None)
+
+
 def _serve(draw: bool, neighbours: bool) -> None:
     """The helper process: warm up, answer ``ready``, then answer requests until a drawing is
-    done or the input ends. The caller ends the process with ``os._exit`` after this returns:
-    the run waits for the answer, and the interpreter's teardown of matplotlib would add
-    ~0.1 s to a run that waits for the process to end."""
+    done or the input ends (``prepare`` has no answer: ``finish`` reports its outcome). The
+    caller ends the process with ``os._exit`` after this returns: the run waits for the
+    answer, and the interpreter's teardown of matplotlib would add ~0.1 s to a run that
+    waits for the process to end."""
     out, requests = sys.stdout.buffer, sys.stdin.buffer
     if neighbours:
         from .neighbours import local_kth_neighbour_distance
@@ -95,16 +129,25 @@ def _serve(draw: bool, neighbours: bool) -> None:
 
         warm_up()
     _send(out, ("ready",))
+    preparation: _Preparation | None = None
     while True:
         request = _receive(requests)
         if request is None:
             return
+        if request[0] == "prepare":
+            preparation = _Preparation(request[1])
+            continue
         try:
-            answer = _answer(request)
+            if request[0] == "finish":
+                if preparation is None:
+                    raise ValueError("finish without prepare")
+                answer = preparation.finish(request[1], request[2])
+            else:
+                answer = _answer(request)
         except Exception as error:  # reported to the run, which then does the work itself
             answer = ("error", f"{type(error).__name__}: {error}")
         _send(out, answer)
-        if request[0] == "draw":
+        if request[0] in ("draw", "finish"):
             return
 
 
@@ -140,6 +183,8 @@ class HelperProcess:
         self._lock = threading.Lock()
         self._answers: queue.Queue = queue.Queue()
         self._ready = False
+        #: ``(key, panels)`` of :meth:`prepare_picture`, or None.
+        self.prepared: tuple[Any, dict[str, Any]] | None = None
         if process is not None:
             threading.Thread(target=_read_answers, args=(process.stdout, self._answers), daemon=True).start()
 
@@ -202,11 +247,35 @@ class HelperProcess:
                            NEIGHBOUR_TIMEOUT_SECONDS, wait_until_ready=False)
         return None if answer is _FAILED else answer
 
+    def prepare_picture(self, panels: dict[str, Any], key: Any = None) -> None:
+        """Have the helper start drawing ``panels`` without their joint histograms' titles
+        (:class:`miregister.qc_draw.PreparedPicture`), not waiting for it; :meth:`finish_picture`
+        completes it. ``key`` and ``panels`` are kept as :attr:`prepared` (the caller's way to
+        check that a later picture is of the same result)."""
+        with self._lock:
+            if self._process is None:
+                return
+            try:
+                _send(self._process.stdin, ("prepare", panels))
+            except (OSError, ValueError):
+                self._stop()
+                return
+            self.prepared = (key, panels)
+
+    def finish_picture(self, titles: list[str], path: str | os.PathLike, timeout: float = HELPER_TIMEOUT_SECONDS) -> bool:
+        """Draw ``titles`` (one per joint histogram) onto the prepared picture and write it to
+        ``path``; True when the file is written, False otherwise (nothing is then left at
+        ``path``). The helper ends after it."""
+        return self._picture(("finish", list(titles), os.fspath(path)), path, timeout)
+
     def save_picture(self, panels: dict[str, Any], path: str | os.PathLike, timeout: float = HELPER_TIMEOUT_SECONDS) -> bool:
         """Have the helper draw ``panels`` (:func:`miregister.qc_draw.save_panels`) into ``path``;
         True when the file is written, False when the helper is unavailable or failed (nothing
         is then left at ``path``). The helper ends after it."""
-        done = self._ask(("draw", panels, os.fspath(path)), timeout, wait_until_ready=True) is not _FAILED
+        return self._picture(("draw", panels, os.fspath(path)), path, timeout)
+
+    def _picture(self, request: tuple, path: str | os.PathLike, timeout: float) -> bool:
+        done = self._ask(request, timeout, wait_until_ready=True) is not _FAILED
         self.close()
         if done and Path(path).is_file():
             return True

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["qc_figure_from_panels", "save_panels", "warm_up"]
+__all__ = ["qc_figure_from_panels", "save_panels", "PreparedPicture", "warm_up"]
 
 #: Size (inches) of one panel's cell, and the band above the rows for the figure's title.
 _CELL, _TOP = (3.2, 3.3), 0.35
@@ -86,6 +86,12 @@ def qc_figure_from_panels(panels: dict[str, Any]):
         dict (``planes``: one 2-D array per view, ``vmin``/``vmax``: the colour range centred
         at 1, ``counts``/``edges``: its histogram, ``title``).
     """
+    return _build(panels)[0]
+
+
+def _build(panels: dict[str, Any], dpi: float | None = None):
+    """:func:`qc_figure_from_panels`'s figure (at ``dpi``, default matplotlib's) and the title
+    artists of its joint histograms, one per row of ``panels["rows"]``."""
     # The object API with the Agg canvas: no pyplot (its import and global figure registry).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
@@ -94,8 +100,9 @@ def qc_figure_from_panels(panels: dict[str, Any]):
     planes, jacobian = panels["planes"], panels["jacobian"]
     rows = len(panels["rows"]) + (jacobian is not None)
     columns = len(planes) + 1
-    fig = Figure(figsize=(_CELL[0] * columns, _CELL[1] * rows + _TOP))
+    fig = Figure(figsize=(_CELL[0] * columns, _CELL[1] * rows + _TOP), dpi=dpi)
     FigureCanvasAgg(fig)
+    histogram_titles = []
     axes = _grid_axes(fig, rows, columns)
     for row, shown in enumerate(panels["rows"]):
         for col, (plane, board) in enumerate(zip(planes, shown["checkerboards"])):
@@ -107,7 +114,7 @@ def qc_figure_from_panels(panels: dict[str, Any]):
             ax.set_title(f"{shown['label']}: {plane['view']}\nF fixed / M moving tiles", **_TITLE)
         ax = axes[row, len(planes)]
         ax.imshow(shown["histogram"], origin="lower", cmap="magma", aspect="auto")
-        ax.set_title(shown["histogram_title"], **_TITLE)
+        histogram_titles.append(ax.set_title(shown["histogram_title"], **_TITLE))
         ax.set_xlabel("fixed intensity bin")
         ax.set_ylabel("moving intensity bin")
     if jacobian is not None:
@@ -127,7 +134,7 @@ def qc_figure_from_panels(panels: dict[str, Any]):
         ax.set_xlabel("det J")
         ax.set_yscale("log")
     fig.suptitle(panels["title"], fontsize=11)
-    return fig
+    return fig, histogram_titles
 
 
 def save_panels(panels: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -136,6 +143,34 @@ def save_panels(panels: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     qc_figure_from_panels(panels).savefig(path, dpi=_DPI, pil_kwargs=_PNG)
     return path
+
+
+class PreparedPicture:
+    """A QC picture drawn before its joint histograms' titles are known (they carry the
+    validation's MI, which is computed meanwhile): :meth:`finish` then draws only those titles
+    onto the drawn picture and writes the PNG, the same pixels as :func:`save_panels` of the
+    panels with the final titles (tested). ``panels``' own histogram titles are not drawn."""
+
+    def __init__(self, panels: dict[str, Any]) -> None:
+        self._figure, self._titles = _build(panels, dpi=_DPI)
+        for title in self._titles:
+            title.set_visible(False)
+        self._figure.canvas.draw()
+
+    def finish(self, titles: list[str], path: str | os.PathLike) -> Path:
+        """Draw ``titles`` (one per row, as ``histogram_title``) and write the PNG ``path``
+        (in place: the caller stages it)."""
+        from matplotlib.image import imsave
+
+        if len(titles) != len(self._titles):
+            raise ValueError(f"expected {len(self._titles)} histogram titles, got {len(titles)}")
+        for artist, text in zip(self._titles, titles):
+            artist.set_text(text)
+            artist.set_visible(True)
+            self._figure.draw_artist(artist)
+        # what savefig's PNG writer does after its own full draw (FigureCanvasAgg.print_png)
+        imsave(path, self._figure.canvas.buffer_rgba(), format="png", origin="upper", dpi=_DPI, pil_kwargs=dict(_PNG))
+        return Path(path)
 
 
 def warm_up() -> None:

@@ -250,3 +250,113 @@ def test_a_refused_command_line_ends_the_helper(tmp_path, monkeypatch):
     monkeypatch.setattr(HelperProcess, "start", staticmethod(start))
     assert main(["register", FIXED, MOVING, "-o", str(tmp_path / "out"), *FAST, "--iterations", "-5"]) == 2
     assert len(processes) == 1 and processes[0].poll() is not None
+
+
+def _titled(panels: dict, suffix: str) -> dict:
+    return dict(panels, rows=[dict(row, histogram_title=f"joint histogram {row['label']}{suffix}") for row in panels["rows"]])
+
+
+@pytest.mark.parametrize("jacobian", [False, True])
+def test_a_prepared_picture_finished_with_its_titles_has_the_pixels_of_a_whole_drawing(tmp_path, jacobian):
+    from miregister.qc_draw import PreparedPicture
+
+    final = _titled(_panels(jacobian), "\nMI 0.123 nats, NMI 1.045")
+    picture = PreparedPicture(_titled(_panels(jacobian), ""))  # drawn before the MI is known
+    picture.finish([row["histogram_title"] for row in final["rows"]], tmp_path / "prepared.png")
+    save_panels(final, tmp_path / "whole.png")
+    np.testing.assert_array_equal(_pixels(tmp_path / "prepared.png"), _pixels(tmp_path / "whole.png"))
+    with pytest.raises(ValueError, match="histogram titles"):
+        PreparedPicture(final).finish(["only one"], tmp_path / "bad.png")
+
+
+def test_the_helper_draws_a_prepared_picture_while_it_answers_searches(tmp_path):
+    from miregister.neighbours import local_kth_neighbour_distance
+
+    final = _titled(_panels(), "\nMI 0.500 nats, NMI 1.100")
+    points = np.random.default_rng(6).standard_normal((2000, 2))
+    helper = HelperProcess.start()
+    process = helper._process
+    _ready(helper, points)
+    helper.prepare_picture(_titled(_panels(), ""), key="this run")
+    assert helper.prepared[0] == "this run"
+    # a search sent while the helper draws is answered (by its other thread), and correctly
+    np.testing.assert_array_equal(helper.neighbour_distance(points, 3), local_kth_neighbour_distance(points, 3))
+    assert helper.finish_picture([row["histogram_title"] for row in final["rows"]], tmp_path / "helper.png")
+    assert process.poll() is not None and helper._process is None
+    save_panels(final, tmp_path / "here.png")
+    np.testing.assert_array_equal(_pixels(tmp_path / "helper.png"), _pixels(tmp_path / "here.png"))
+
+
+def test_a_prepared_picture_that_fails_is_drawn_here(tmp_path, monkeypatch):
+    from miregister.registration import qc
+
+    bad = _panels()
+    del bad["planes"]  # the helper's drawing fails: finish answers the error
+    helper = HelperProcess.start()
+    helper.prepare_picture(bad)
+    assert not helper.finish_picture(["a", "b"], tmp_path / "qc.png")
+    assert not (tmp_path / "qc.png").exists() and helper._process is None
+
+    # save_qc_figure: a helper prepared for another result is not asked to finish it; a dead
+    # helper leaves the drawing here; the picture is the same either way
+    import types
+
+    monkeypatch.setattr(qc, "qc_panels", lambda result: _panels())
+    monkeypatch.setattr(qc, "_histogram_title", lambda result, label: f"joint histogram {label}unused")
+    result = types.SimpleNamespace(warped=object())
+    for key in (object(), result.warped):
+        helper = HelperProcess.start()
+        helper.prepare_picture(_panels(), key=key)
+        helper._process.kill()
+        path = qc.save_qc_figure(result, tmp_path / "qc.png", helper)
+        # another result's preparation: qc_panels(result); this result's: its panels, titles renewed
+        expected = _panels() if key is not result.warped else _titled(_panels(), "unused")
+        save_panels(expected, tmp_path / "expected.png")
+        np.testing.assert_array_equal(_pixels(path), _pixels(tmp_path / "expected.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expected.png", "qc.png"]  # no temporary left
+
+
+def test_on_warped_sees_the_final_transform_and_image_before_the_validation():
+    import time
+
+    from miregister.registration import register
+
+    seen = []
+
+    def on_warped(partial):
+        seen.append(partial)
+        assert partial.validation == {} and partial.quality == {}
+        time.sleep(0.5)  # the caller's work: not the registration's time
+
+    start = time.perf_counter()
+    result = register(FIXED, MOVING, transform="translation", shrink_factors=[2], iterations=3, on_warped=on_warped)
+    elapsed = time.perf_counter() - start
+    assert len(seen) == 1
+    partial = seen[0]
+    assert partial.transform is result.transform and partial.warped is result.warped
+    assert partial.fixed is result.fixed and partial.history is result.history
+    assert result.validation["after"] is not None
+    assert result.timings["total"] <= elapsed - 0.5
+
+
+def test_the_command_line_s_picture_drawn_ahead_is_the_api_s_picture(tmp_path, monkeypatch):
+    """A linear run has the helper draw its picture while it validates (prepare, then finish
+    with the validation's MI in the titles): the same pixels as save_qc_figure in-process."""
+    from miregister.registration import register
+    from miregister.registration.qc import save_qc_figure
+
+    flags = ["-t", "rigid", "--shrink-factors", "2", "--iterations", "3", "-q"]
+    api = register(FIXED, MOVING, transform="rigid", shrink_factors=[2], iterations=3)
+    save_qc_figure(api, tmp_path / "api.png")
+    monkeypatch.setattr("miregister.threads.available_cpus", lambda: 2)
+    prepared = []
+    real = HelperProcess.prepare_picture
+
+    def prepare(self, panels, key=None):
+        prepared.append(key)
+        return real(self, panels, key)
+
+    monkeypatch.setattr(HelperProcess, "prepare_picture", prepare)
+    assert main(["register", FIXED, MOVING, "-o", str(tmp_path / "out"), *flags]) == 0
+    assert len(prepared) == 1
+    np.testing.assert_array_equal(_pixels(tmp_path / "out" / "qc.png"), _pixels(tmp_path / "api.png"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 from typing import TYPE_CHECKING
 
@@ -179,11 +180,17 @@ def _run(args: argparse.Namespace, options: dict, helper: HelperProcess | None) 
     build_options(stages, device=args.device, **options)
     check_transform_format(not any(stage in DEFORMABLE_STAGES for stage in stages), args.transform_format)
     check_output_folder(args.output, overwrite=args.overwrite)
+    on_warped = None
+    if helper is not None and not args.no_qc:  # the helper draws the picture while the run validates
+        from ..registration.qc import start_qc_picture
+
+        on_warped = functools.partial(start_qc_picture, helper=helper)
     with delegated_to(helper.neighbour_distance if helper is not None else None):
         result = register(
             args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
             initial_transform=args.initial_transform, device=args.device, rotation_search=args.rotation_search,
-            auto_search=not args.no_auto_search, validate=not args.no_validate, verbose=not args.quiet, **options,
+            auto_search=not args.no_auto_search, validate=not args.no_validate, verbose=not args.quiet,
+            on_warped=on_warped, **options,
         )
     result.command_line = list(sys.argv)  # provenance: report.json "command_line"
     final = write_run(result, args.output, transform_format=args.transform_format, qc=not args.no_qc, overwrite=args.overwrite,

@@ -23,7 +23,7 @@ from .validation import on_fixed_grid
 if TYPE_CHECKING:
     from ..helper_process import HelperProcess
 
-__all__ = ["checkerboard", "plane_views", "qc_panels", "qc_figure", "save_qc_figure"]
+__all__ = ["checkerboard", "plane_views", "qc_panels", "qc_figure", "save_qc_figure", "start_qc_picture"]
 
 #: Letters at the positive / negative end of each LPS axis.
 _POSITIVE, _NEGATIVE = "LPS", "RAI"
@@ -159,15 +159,11 @@ def qc_panels(result: RegistrationResult) -> dict[str, Any]:
     planes = plane_views(result.fixed.grid)
     rows = []
     for label, moved in (("before", before), ("after", after)):
-        stats = result.validation.get(label)
-        title = f"joint histogram {label}"
-        if stats:
-            title += f"\nMI {stats['soft_bins']:.3f} nats, NMI {stats['nmi']:.3f}"
         rows.append({
             "label": label,
             "checkerboards": [checkerboard(_plane(fixed, plane), _plane(moved, plane), TILES) for plane in planes],
             "histogram": _joint_histogram(fixed, moved),
-            "histogram_title": title,
+            "histogram_title": _histogram_title(result, label),
         })
     panels: dict[str, Any] = {
         "title": f"miregister {'+'.join(result.stages)}: moving on the fixed grid",
@@ -189,6 +185,26 @@ def qc_panels(result: RegistrationResult) -> dict[str, Any]:
             "title": f"det J over the fixed grid\nmin {low:.2f}, max {high:.2f}, folded {folded:.1e}",
         }
     return panels
+
+
+def _histogram_title(result: RegistrationResult, label: str) -> str:
+    """A joint histogram's title: its row and the validation's MI and NMI of it, when measured."""
+    stats = result.validation.get(label)
+    title = f"joint histogram {label}"
+    if stats:
+        title += f"\nMI {stats['soft_bins']:.3f} nats, NMI {stats['nmi']:.3f}"
+    return title
+
+
+def start_qc_picture(result: RegistrationResult, helper: HelperProcess) -> None:
+    """Have ``helper`` start drawing ``result``'s QC picture before the validation has run
+    (:func:`~miregister.registration.register`'s ``on_warped``): :func:`save_qc_figure` with
+    the same helper then only adds the histograms' titles (the validation's MI), the same
+    pixels as drawing it whole. Deformable results are left to :func:`save_qc_figure`: their
+    Jacobian row, computed first here, would make the validation reuse its float32 values for
+    its float64 statistics."""
+    if result.transform.is_linear:
+        helper.prepare_picture(qc_panels(result), key=result.warped)
 
 
 def qc_figure(result: RegistrationResult):
@@ -213,16 +229,24 @@ def save_qc_figure(result: RegistrationResult, path: str | os.PathLike, helper: 
     path : path
         The PNG file, replaced atomically (drawn under a temporary name beside it).
     helper : HelperProcess, optional
-        A helper process that draws the picture (:class:`miregister.helper_process.HelperProcess`);
-        when it is missing or fails, the picture is drawn in this process.
+        A helper process that draws the picture (:class:`miregister.helper_process.HelperProcess`),
+        or finishes the one :func:`start_qc_picture` started on it for this result; when it is
+        missing or fails, the picture is drawn in this process.
     """
     from ..qc_draw import save_panels
 
-    panels = qc_panels(result)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    if helper is None or not helper.save_picture(panels, tmp):
+    prepared = None if helper is None else helper.prepared
+    if prepared is not None and prepared[0] is result.warped:  # started by start_qc_picture for this result
+        panels = dict(prepared[1], rows=[dict(row, histogram_title=_histogram_title(result, row["label"]))
+                                         for row in prepared[1]["rows"]])
+        written = helper.finish_picture([row["histogram_title"] for row in panels["rows"]], tmp)
+    else:
+        panels = qc_panels(result)
+        written = helper is not None and helper.save_picture(panels, tmp)
+    if not written:
         save_panels(panels, tmp)
     os.replace(tmp, path)
     return path

@@ -40,6 +40,7 @@ def register(
     moving_mask: Any = None,
     initial_transform: Any = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    on_warped: Callable[[RegistrationResult], Any] | None = None,
     **options: Any,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` by maximising mutual information.
@@ -70,6 +71,14 @@ def register(
         Called after every evaluation of the metric with an :class:`IterationInfo` (stage,
         level, iteration, objective in nats, the live transform), as SimpleITK's iteration
         observers; its return value is ignored. An exception it raises stops the registration.
+    on_warped : callable, optional
+        Called once with a preliminary :class:`RegistrationResult` as soon as the transform and
+        the warped image are final, before the validation: its ``transform``, ``warped``,
+        ``fixed``, ``moving``, ``history`` and ``stages`` are those of the returned result (the
+        same objects), its ``validation`` and ``quality`` are still empty. Work that needs only
+        the images (the command line starts drawing the QC picture) can then overlap the
+        validation. Its return value is ignored, its time is left out of ``timings``; an
+        exception it raises stops the registration.
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``auto_search``, ``strict``, ``optimizer``, ``seed``, ``device``,
@@ -185,7 +194,21 @@ def register(
 
     warp_start = time.perf_counter()
     warped = resample(moving_dev, current, fixed_dev.grid)
+    warped_cpu = warped.to("cpu")
     timings["warp"] = time.perf_counter() - warp_start
+
+    def result_with(validation: dict[str, Any], quality: dict[str, Any]) -> RegistrationResult:
+        return RegistrationResult(
+            transform=current, warped=warped_cpu, fixed=fixed_img, moving=moving_img,
+            stages=stages, options=opts, history=history, timings=timings, validation=validation,
+            device=str(device), inputs=inputs, threads=torch.get_num_threads(), quality=quality,
+        )
+
+    caller_seconds = 0.0  # on_warped's time is the caller's work, not the registration's
+    if on_warped is not None:
+        hook_start = time.perf_counter()
+        on_warped(result_with({}, {}))
+        caller_seconds = time.perf_counter() - hook_start
     validation: dict[str, Any] = {}
     if opts.validate:
         validation_start = time.perf_counter()
@@ -199,12 +222,8 @@ def register(
         flip_check=flip_check,
     )
     timings["quality"] = time.perf_counter() - quality_start + flip_seconds
-    timings["total"] = time.perf_counter() - start
-    result = RegistrationResult(
-        transform=current, warped=warped.to("cpu"), fixed=fixed_img, moving=moving_img,
-        stages=stages, options=opts, history=history, timings=timings, validation=validation,
-        device=str(device), inputs=inputs, threads=torch.get_num_threads(), quality=quality,
-    )
+    timings["total"] = time.perf_counter() - start - caller_seconds
+    result = result_with(validation, quality)
     if opts.strict and quality["doubtful"]:
         raise DoubtfulRegistrationError(result)
     return result
