@@ -309,3 +309,30 @@ def test_line_search_step_outside_the_moving_image_is_a_bad_value_not_an_error()
     assert float(problem.loss(Translation(2)).detach()) < 0.0
     with pytest.raises(RegistrationError, match="do not overlap"):
         problem.metric(far)
+
+
+@pytest.mark.parametrize("transform", ["rigid", "affine+bspline"])
+def test_warped_and_validation_are_those_of_resample_and_of_the_validation_s_own_overlap(slice_pair, transform):
+    """The run keeps its final warp's inside mask for the validation's "after" overlap: the
+    same warped image as resample, the same mask as the validation finds slab by slab, and so
+    the same report."""
+    from miregister.registration.validation import measurement_region, on_fixed_grid, validate
+    from miregister.warp import resample, warp
+
+    fixed, moving = slice_pair[0], slice_pair[1]
+    extra = {"control_spacing": 20.0} if "bspline" in transform else {}
+    result = register(fixed, moving, transform=transform, shrink_factors=[2, 1], iterations=5, **extra)
+    fixed_img, moving_img = result.fixed, result.moving
+    again = resample(moving_img, result.transform, fixed_img.grid)
+    torch.testing.assert_close(result.warped.data, again.data, rtol=0, atol=0)
+    _, inside = on_fixed_grid(moving_img, fixed_img, result.transform, values=False)
+    _, kept = warp(moving_img.batch(), moving_img.grid, result.transform, fixed_img.grid, return_inside=True, margin=0.5)
+    torch.testing.assert_close(kept[0], inside)
+    region, name = measurement_region(fixed_img)
+    expected = validate(fixed_img, moving_img, result.warped, result.transform, None, region, name,
+                        result.options.knn_samples, result.options.seed)
+    # (a second Jacobian summary of the same transform is taken from the remembered float32 determinant)
+    jacobian, expected_jacobian = result.validation.pop("jacobian", {}), expected.pop("jacobian", {})
+    assert result.validation == expected
+    assert jacobian == pytest.approx(expected_jacobian, rel=1e-6) and (("bspline" in transform) == bool(jacobian))
+    assert int(inside.sum()) > 0

@@ -195,6 +195,7 @@ def validate(
     subsample: int,
     seed: int,
     bins: int = REPORT_BINS,
+    after_inside: Tensor | None = None,
 ) -> dict[str, Any]:
     """MI between the fixed image and the moving image before (identity) and after registration.
 
@@ -206,6 +207,10 @@ def validate(
     the images do not overlap at all without the transform. Jacobian statistics (deformable
     transforms) cover ``fixed_mask``, or the whole fixed grid.
 
+    ``after_inside`` is the boolean ``fixed.shape`` mask of the fixed voxels that ``transform``
+    maps inside the moving image, when the caller has it from making ``warped`` (the warp
+    computes it anyway); otherwise it is found here, slab by slab.
+
     Returns
     -------
     dict
@@ -216,7 +221,7 @@ def validate(
     out: dict[str, Any] = {"bins": int(bins), "region": f"{description} ∩ overlap"}
     moved, inside = on_fixed_grid(moving, fixed)
     out["before"] = compare(fixed, moved, inside, region, description, bins, subsample, seed)
-    _, inside = on_fixed_grid(moving, fixed, transform, values=False)
+    inside = on_fixed_grid(moving, fixed, transform, values=False)[1] if after_inside is None else after_inside
     out["after"] = compare(fixed, warped.data[0].to(inside.device), inside, region, description, bins, subsample, seed)
     if out.get("before") is not None and out.get("after") is not None:
         out["improved"] = {
