@@ -3,6 +3,7 @@ process computes, a fallback on every failure, no process left behind, and the c
 starts it only when it can help."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -357,6 +358,20 @@ def test_the_command_line_s_picture_drawn_ahead_is_the_api_s_picture(tmp_path, m
         return real(self, panels, key)
 
     monkeypatch.setattr(HelperProcess, "prepare_picture", prepare)
+    import torch
+
+    module = sys.modules["miregister.registration.register"]  # the module (the package's attribute is the function)
+    threads = []
+    real_validate = module.validate
+
+    def validate(*args, **kwargs):
+        threads.append(torch.get_num_threads())
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "validate", validate)
+    monkeypatch.setattr("miregister.threads.available_cpus", lambda: 2)
+    before = torch.get_num_threads()
     assert main(["register", FIXED, MOVING, "-o", str(tmp_path / "out"), *flags]) == 0
     assert len(prepared) == 1
+    assert threads == [1] and torch.get_num_threads() == before  # one CPU left to the drawing, then restored
     np.testing.assert_array_equal(_pixels(tmp_path / "out" / "qc.png"), _pixels(tmp_path / "api.png"))

@@ -164,6 +164,20 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, options, helper)
 
 
+def _start_picture(partial: object, helper: HelperProcess) -> None:
+    """``register``'s ``on_warped``: the helper starts drawing the QC picture, and the
+    validation that follows leaves it a CPU (one torch thread fewer; on two CPUs, two busy
+    threads beside the drawing validated more slowly than one). ``register`` restores the
+    thread count when it returns."""
+    import torch
+
+    from ..registration.qc import start_qc_picture
+
+    start_qc_picture(partial, helper)
+    if helper.prepared is not None:
+        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+
+
 def _run(args: argparse.Namespace, options: dict, helper: HelperProcess | None) -> int:
     from ..neighbours import delegated_to
     from ..outputs import check_output_folder, check_transform_format, write_run
@@ -181,10 +195,8 @@ def _run(args: argparse.Namespace, options: dict, helper: HelperProcess | None) 
     check_transform_format(not any(stage in DEFORMABLE_STAGES for stage in stages), args.transform_format)
     check_output_folder(args.output, overwrite=args.overwrite)
     on_warped = None
-    if helper is not None and not args.no_qc:  # the helper draws the picture while the run validates
-        from ..registration.qc import start_qc_picture
-
-        on_warped = functools.partial(start_qc_picture, helper=helper)
+    if helper is not None and not args.no_qc:
+        on_warped = functools.partial(_start_picture, helper=helper)
     with delegated_to(helper.neighbour_distance if helper is not None else None):
         result = register(
             args.fixed, args.moving, transform=args.transform, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,

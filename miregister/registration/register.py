@@ -78,8 +78,9 @@ def register(
         ``fixed``, ``moving``, ``history`` and ``stages`` are those of the returned result (the
         same objects), its ``validation`` and ``quality`` are still empty. Work that needs only
         the images (the command line starts drawing the QC picture) can then overlap the
-        validation. Its return value is ignored, its time is left out of ``timings``; an
-        exception it raises stops the registration.
+        validation. Its return value is ignored, its time is left out of ``timings``, torch's
+        thread count it sets holds for the validation and is restored on return (as
+        ``threads``); an exception it raises stops the registration.
     **options
         Global options (:class:`~miregister.registration.options.RegistrationOptions`:
         ``kernel``, ``initialization``, ``rotation_search``, ``auto_search``, ``strict``, ``optimizer``, ``seed``, ``device``,
