@@ -210,24 +210,31 @@ class HelperProcess:
         except queue.Empty:
             return _END
 
+    def _is_ready(self, deadline: float | None) -> bool:
+        """Whether the helper has warmed up, waiting for it until ``deadline`` (None: not at
+        all: a helper still warming up is not worth waiting for). Called under the lock; a
+        helper that answers anything else first is ended."""
+        if self._ready:
+            return True
+        try:
+            message = self._wait(deadline) if deadline is not None else self._answers.get_nowait()
+        except queue.Empty:
+            return False
+        if message != ("ready",):
+            self._stop()
+            return False
+        self._ready = True
+        return True
+
     def _ask(self, request: tuple, timeout: float, wait_until_ready: bool) -> Any:
         """Send ``request`` and return the helper's result; :data:`_FAILED` when the helper is
         gone, not ready (and ``wait_until_ready`` is false), answers an error or not by
         ``timeout`` (s). A failure other than not being ready ends the helper."""
         with self._lock:
             process = self._process
-            if process is None:
-                return _FAILED
             deadline = time.monotonic() + timeout
-            if not self._ready:
-                try:
-                    message = self._wait(deadline) if wait_until_ready else self._answers.get_nowait()
-                except queue.Empty:
-                    return _FAILED  # still warming up: not worth waiting for
-                if message != ("ready",):
-                    self._stop()
-                    return _FAILED
-                self._ready = True
+            if process is None or not self._is_ready(deadline if wait_until_ready else None):
+                return _FAILED
             try:
                 _send(process.stdin, request)
             except (OSError, ValueError):
@@ -250,10 +257,13 @@ class HelperProcess:
     def prepare_picture(self, panels: dict[str, Any], key: Any = None) -> None:
         """Have the helper start drawing ``panels`` without their joint histograms' titles
         (:class:`miregister.qc_draw.PreparedPicture`), not waiting for it; :meth:`finish_picture`
-        completes it. ``key`` and ``panels`` are kept as :attr:`prepared` (the caller's way to
+        completes it. Nothing is sent (and :attr:`prepared` stays None) while the helper is
+        still warming up. ``key`` and ``panels`` are kept as :attr:`prepared` (the caller's way to
         check that a later picture is of the same result)."""
         with self._lock:
-            if self._process is None:
+            # Only to a warm helper: a cold one reads no request yet, and sending ~1 MB would
+            # wait for it (the picture is then drawn at the end, as without preparation).
+            if self._process is None or not self._is_ready(None):
                 return
             try:
                 _send(self._process.stdin, ("prepare", panels))

@@ -293,8 +293,11 @@ def test_a_prepared_picture_that_fails_is_drawn_here(tmp_path, monkeypatch):
 
     bad = _panels()
     del bad["planes"]  # the helper's drawing fails: finish answers the error
+    warm = np.random.default_rng(0).standard_normal((50, 2))
     helper = HelperProcess.start()
+    _ready(helper, warm)
     helper.prepare_picture(bad)
+    assert helper.prepared is not None
     assert not helper.finish_picture(["a", "b"], tmp_path / "qc.png")
     assert not (tmp_path / "qc.png").exists() and helper._process is None
 
@@ -307,7 +310,9 @@ def test_a_prepared_picture_that_fails_is_drawn_here(tmp_path, monkeypatch):
     result = types.SimpleNamespace(warped=object())
     for key in (object(), result.warped):
         helper = HelperProcess.start()
+        _ready(helper, warm)
         helper.prepare_picture(_panels(), key=key)
+        assert helper.prepared[0] is key
         helper._process.kill()
         path = qc.save_qc_figure(result, tmp_path / "qc.png", helper)
         # another result's preparation: qc_panels(result); this result's: its panels, titles renewed
@@ -358,6 +363,14 @@ def test_the_command_line_s_picture_drawn_ahead_is_the_api_s_picture(tmp_path, m
         return real(self, panels, key)
 
     monkeypatch.setattr(HelperProcess, "prepare_picture", prepare)
+    real_start = HelperProcess.start
+
+    def start(**kwargs):  # warm before the run reaches its warp (a 2-D run gets there fast)
+        helper = real_start(**kwargs)
+        _ready(helper, np.random.default_rng(0).standard_normal((50, 2)))
+        return helper
+
+    monkeypatch.setattr(HelperProcess, "start", staticmethod(start))
     import torch
 
     module = sys.modules["miregister.registration.register"]  # the module (the package's attribute is the function)
@@ -369,9 +382,8 @@ def test_the_command_line_s_picture_drawn_ahead_is_the_api_s_picture(tmp_path, m
         return real_validate(*args, **kwargs)
 
     monkeypatch.setattr(module, "validate", validate)
-    monkeypatch.setattr("miregister.threads.available_cpus", lambda: 2)
     before = torch.get_num_threads()
     assert main(["register", FIXED, MOVING, "-o", str(tmp_path / "out"), *flags]) == 0
-    assert len(prepared) == 1
+    assert len(prepared) == 1 and prepared[0] is not None
     assert threads == [1] and torch.get_num_threads() == before  # one CPU left to the drawing, then restored
     np.testing.assert_array_equal(_pixels(tmp_path / "out" / "qc.png"), _pixels(tmp_path / "api.png"))
