@@ -387,3 +387,17 @@ def test_the_command_line_s_picture_drawn_ahead_is_the_api_s_picture(tmp_path, m
     assert len(prepared) == 1 and prepared[0] is not None
     assert threads == [1] and torch.get_num_threads() == before  # one CPU left to the drawing, then restored
     np.testing.assert_array_equal(_pixels(tmp_path / "out" / "qc.png"), _pixels(tmp_path / "api.png"))
+
+
+def test_a_picture_that_cannot_be_prepared_is_drawn_at_the_end(tmp_path, monkeypatch):
+    """The head start is an optimisation: its failure neither stops the run nor loses the picture."""
+    from miregister.registration import qc
+
+    def fail(result, helper):
+        raise RuntimeError("no head start")
+
+    monkeypatch.setattr(qc, "start_qc_picture", fail)
+    monkeypatch.setattr("miregister.threads.available_cpus", lambda: 2)
+    flags = [flag for flag in FAST if flag != "--no-validate"]
+    assert main(["register", FIXED, MOVING, "-o", str(tmp_path / "out"), *flags]) == 0
+    assert (tmp_path / "out" / "qc.png").is_file()

@@ -173,7 +173,10 @@ def _start_picture(partial: object, helper: HelperProcess) -> None:
 
     from ..registration.qc import start_qc_picture
 
-    start_qc_picture(partial, helper)
+    try:
+        start_qc_picture(partial, helper)
+    except Exception:  # only a head start: the picture is then drawn at the end, where an error is reported
+        return
     if helper.prepared is not None:
         torch.set_num_threads(max(1, torch.get_num_threads() - 1))
 
