@@ -171,11 +171,12 @@ def _read_answers(stream: BinaryIO, answers: queue.Queue) -> None:
 
 class HelperProcess:
     """A helper process started at once that later answers neighbour searches and draws one
-    QC picture (see the module notes).
+    QC picture, whole (:meth:`save_picture`) or prepared ahead (:meth:`prepare_picture`, then
+    :meth:`finish_picture`); see the module notes.
 
     Every method is safe to call after a failure: :meth:`neighbour_distance` returns None
-    (search here), :meth:`save_picture` returns False (draw here), :meth:`close` does
-    nothing more. A failure ends the process.
+    (search here), :meth:`save_picture` and :meth:`finish_picture` return False (draw here),
+    :meth:`prepare_picture` and :meth:`close` do nothing. A failure ends the process.
     """
 
     def __init__(self, process: subprocess.Popen | None) -> None:
