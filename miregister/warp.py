@@ -141,7 +141,8 @@ def resample(
     reference: Grid | Image | None = None,
     mode: Mode = "linear",
     default_value: float = 0.0,
-) -> Image:
+    return_inside: bool = False,
+) -> Image | tuple[Image, Tensor]:
     """Resample ``image`` onto ``reference`` through ``transform`` (like ``sitk.Resample``).
 
     Parameters
@@ -156,17 +157,22 @@ def resample(
         Interpolation; use ``"nearest"`` for label maps (integer dtypes are kept).
     default_value : float
         Value of output voxels mapped outside ``image``.
+    return_inside : bool
+        Also return the boolean ``reference.shape`` mask of the voxels mapped inside ``image``
+        (the rule below), which the warp finds anyway.
 
     Returns
     -------
-    Image
-        ``(C, *reference.shape)`` on the reference grid. Uses SimpleITK's inside rule (half a
-        voxel beyond the outer voxel centres, border-clamped), so results match
-        ``sitk.Resample(image, reference, transform, interpolator, default_value)``.
+    Image or (Image, Tensor)
+        ``(C, *reference.shape)`` on the reference grid [and the inside mask]. Uses SimpleITK's
+        inside rule (half a voxel beyond the outer voxel centres, border-clamped), so results
+        match ``sitk.Resample(image, reference, transform, interpolator, default_value)``.
     """
     grid = image.grid if reference is None else (reference.grid if isinstance(reference, Image) else reference)
     if transform is not None and transform.batch_size != 1:
         raise ValueError(f"resample works on one image pair; the transform holds {transform.batch_size} (use warp)")
     with torch.no_grad():
-        values = warp(image.data.unsqueeze(0), image.grid, transform, grid, mode=mode, padding_value=default_value, margin=0.5)
-    return Image(values[0], grid)
+        values, inside = warp(image.data.unsqueeze(0), image.grid, transform, grid, mode=mode, padding_value=default_value,
+                              margin=0.5, return_inside=True)
+    out = Image(values[0], grid)
+    return (out, inside[0]) if return_inside else out

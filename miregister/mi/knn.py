@@ -194,13 +194,12 @@ def _ksg_row(x: Tensor, y: Tensor, k: int, backend: str) -> Tensor:
     n = x.numel()
     if backend == "auto":
         backend = "scipy" if x.device.type == "cpu" else "torch"
+    eps = ksg_neighbour_radius(x, y, k, backend)
     if backend == "scipy":
-        xn, yn = x.cpu().numpy(), y.cpu().numpy()
-        eps = kth_neighbour_distance(np.stack([xn, yn], axis=1), k)
-        nx = torch.from_numpy(strict_marginal_counts_numpy(xn, eps))
-        ny = torch.from_numpy(strict_marginal_counts_numpy(yn, eps))
+        xn, yn, en = x.cpu().numpy(), y.cpu().numpy(), eps.cpu().numpy()
+        nx = torch.from_numpy(strict_marginal_counts_numpy(xn, en))
+        ny = torch.from_numpy(strict_marginal_counts_numpy(yn, en))
     else:
-        eps = ksg_neighbour_radius(x, y, k, backend)
         nx = strict_marginal_counts(x, eps)
         ny = strict_marginal_counts(y, eps)
     # torch's digamma rather than scipy.special's: same values to float64 rounding, and no

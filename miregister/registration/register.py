@@ -14,8 +14,7 @@ import torch
 from ..errors import InputError
 from ..io import as_image, check_image
 from ..threads import optimisation_threads, with_threads
-from ..image import Image
-from ..warp import warp
+from ..warp import resample
 from .inputs import choose_device, input_records, load_mask, single_channel, starting_transform
 from .levels import LevelCache, check_level_sizes
 from .memory import check_memory
@@ -26,7 +25,7 @@ from .quality import DoubtfulRegistrationError, assess
 from .result import RegistrationResult
 from .searches import final_flip_check, orientation_check, rotation_search, translation_search
 from .stages import LINEAR_CLASSES, run_deformable, run_levels
-from .validation import INSIDE_MARGIN, measurement_region, validate
+from .validation import measurement_region, validate
 
 __all__ = ["register", "IterationInfo"]
 
@@ -195,11 +194,8 @@ def register(
     flip_seconds = time.perf_counter() - flip_start
 
     warp_start = time.perf_counter()
-    # resample's warp (SimpleITK's inside rule), keeping its inside mask for the validation
-    with torch.no_grad():
-        values, inside = warp(moving_dev.data.unsqueeze(0), moving_dev.grid, current, fixed_dev.grid,
-                              margin=INSIDE_MARGIN, return_inside=True)
-    warped = Image(values[0], fixed_dev.grid)
+    # its inside mask is the validation's "after" overlap (SimpleITK's inside rule, as the validation's)
+    warped, inside = resample(moving_dev, current, fixed_dev.grid, return_inside=True)
     warped_cpu = warped.to("cpu")
     timings["warp"] = time.perf_counter() - warp_start
 
@@ -220,7 +216,7 @@ def register(
         validation_start = time.perf_counter()
         validation = validate(
             fixed_dev, moving_dev, warped, current, fixed_mask_img, region, region_name, opts.knn_samples, opts.seed,
-            after_inside=inside[0],
+            after_inside=inside,
         )
         timings["validation"] = time.perf_counter() - validation_start
     quality_start = time.perf_counter()
