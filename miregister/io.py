@@ -12,8 +12,11 @@ target and moved into place with ``os.replace``, so a failure never leaves a hal
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Union
 
@@ -27,7 +30,7 @@ from .filecheck import check_image_file, describe_format, nifti_version
 from .image import Image
 from .outputs import atomic_write
 
-__all__ = ["read_image", "write_image", "as_image", "check_image", "WRITE_EXTENSIONS"]
+__all__ = ["read_image", "write_image", "write_sitk_image", "as_image", "check_image", "WRITE_EXTENSIONS"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -234,7 +237,7 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
 
     def write(staged: Path) -> None:
         try:
-            sitk.WriteImage(out, str(staged))
+            write_sitk_image(out, staged)
         except RuntimeError as error:
             raise UsageError(f"cannot write '{path}': {_sitk_reason(error)}") from error
 
@@ -242,6 +245,45 @@ def write_image(image: Image, path: PathLike, dtype: Any = None) -> Path:
     # separate data file (.mhd + .raw, .nhdr + .raw) reference the right name, then moved.
     atomic_write(path, write)
     return path
+
+
+#: Bytes of an uncompressed NIfTI file read and compressed at a time by :func:`write_sitk_image`.
+_GZIP_CHUNK = 1 << 22
+
+
+def write_sitk_image(image: sitk.Image, path: PathLike) -> None:
+    """Write a SimpleITK image to ``path`` as it is (no staging: callers wrap it in
+    :func:`~miregister.outputs.atomic_write`); the format follows the extension.
+
+    ``.nii.gz`` is written by ITK as an uncompressed NIfTI file beside ``path`` and then
+    gzipped here, with zlib's run-length strategy (``Z_RLE``): a standard gzip file that every
+    NIfTI reader takes, 3-8x faster than ITK's own deflate (which ignores a compression level)
+    and as small on images and displacement fields (within ~1 %; masks and label maps ~10-30 %
+    larger). zlib runs without the GIL, so the files of a run compress on several threads.
+
+    Raises
+    ------
+    RuntimeError
+        SimpleITK's, when it cannot write the image (e.g. float pixels to PNG).
+    OSError
+        When the file cannot be written.
+    """
+    path = Path(path)
+    if _extension(path) != ".nii.gz":
+        sitk.WriteImage(image, str(path))
+        return
+    handle, plain = tempfile.mkstemp(prefix=".", suffix=".nii", dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, plain)
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, zlib.Z_RLE)
+        with open(plain, "rb") as source, open(path, "wb") as target:
+            while chunk := source.read(_GZIP_CHUNK):
+                target.write(compressor.compress(chunk))
+            target.write(compressor.flush())
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(plain)
 
 
 # SimpleITK scalar and vector pixel IDs -> numpy (component) dtype.

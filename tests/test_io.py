@@ -68,6 +68,42 @@ def test_mhd_header_and_data_file_end_up_together(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mhd", "a.raw"]
 
 
+def test_nii_gz_is_standard_gzip_of_the_nifti_itk_writes(tmp_path):
+    """Our run-length gzip of ITK's uncompressed NIfTI: Python's gzip (any reader's zlib) gives
+    back exactly the bytes ITK writes as .nii, and ITK reads the .nii.gz to the same image."""
+    import gzip
+
+    from miregister.io import write_sitk_image
+
+    for channels in (1, 3):
+        image = _image_3d(channels)
+        written = write_image(image, tmp_path / f"c{channels}.nii.gz")
+        write_image(image, tmp_path / f"c{channels}.nii")
+        assert gzip.decompress(written.read_bytes()) == (tmp_path / f"c{channels}.nii").read_bytes()
+        _assert_same(read_image(written), image, 1e-7)
+        reference = sitk.ReadImage(str(tmp_path / f"c{channels}.nii"))
+        write_sitk_image(reference, tmp_path / f"direct{channels}.nii.gz")
+        sitk.WriteImage(reference, str(tmp_path / f"itk{channels}.nii.gz"))  # ITK's own deflate
+        again, itk = (sitk.ReadImage(str(tmp_path / f"{name}{channels}.nii.gz")) for name in ("direct", "itk"))
+        assert np.array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(itk))
+        assert (again.GetDirection(), again.GetOrigin(), again.GetSpacing()) == (itk.GetDirection(), itk.GetOrigin(), itk.GetSpacing())
+
+
+def test_failed_nii_gz_compression_leaves_no_uncompressed_file(tmp_path, monkeypatch):
+    import zlib
+
+    from miregister.errors import OutputError
+
+    class Broken:
+        def compress(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zlib, "compressobj", lambda *args: Broken())
+    with pytest.raises(OutputError, match="no space left"):
+        write_image(_image_3d(), tmp_path / "out" / "img.nii.gz")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
 def test_write_creates_parent_folders_and_leaves_no_temporaries(tmp_path):
     target = tmp_path / "deep" / "er" / "img.nii.gz"
     write_image(_image_3d(), target)
@@ -156,7 +192,19 @@ def test_4d_images_are_refused_unless_the_4th_axis_is_singleton(tmp_path):
 
 
 def _write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
-    """Slices with the tags of SimpleITK's 'Dicom Series From Array' example."""
+    """Slices with the tags of SimpleITK's 'Dicom Series From Array' example. GDCM's writer
+    sets the C library's character locale to "C" (ASCII), which later tests' text-mode
+    subprocess pipes would decode with: it is put back."""
+    import locale
+
+    kept = locale.setlocale(locale.LC_CTYPE)
+    try:
+        _write_dicom_slices(image, folder, series_uid)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, kept)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path, series_uid: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

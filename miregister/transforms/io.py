@@ -47,6 +47,7 @@ import SimpleITK as sitk
 import torch
 
 from ..grid import Grid
+from ..io import write_sitk_image
 from ..outputs import atomic_write
 from .base import SpatialTransform
 from .composite import Composite
@@ -191,7 +192,7 @@ def write_transform(
     ext = _extension(path)
     if ext in _IMAGE_EXTENSIONS:
         image = _field_image(transform, reference, index)
-        atomic_write(path, lambda staged: sitk.WriteImage(image, str(staged)))
+        atomic_write(path, lambda staged: write_sitk_image(image, staged))
         return path
     native_text = ext in (".tfm", ".txt") and _has_native_sitk(transform)  # ITK text holds B-splines too
     if ext in _LINEAR_EXTENSIONS and not transform.is_linear and not native_text:
