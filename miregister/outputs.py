@@ -248,7 +248,7 @@ def write_run(
         writing = 1 if result.fixed.grid.numel > PARALLEL_WRITE_VOXELS else min(WRITE_THREADS, cpus or WRITE_THREADS)
         with contextlib.nullcontext() if cpus is None else torch_threads(cpus):
             # The longest chain starts first: a deformable inverse (computed by the first of its
-            # writers, ~1.5 s at 2 mm) and the QC picture (waiting for its helper, or drawn here).
+            # writers, ~0.8 s at 2 mm) and the QC picture (waiting for its helper, or drawn here).
             first = ([] if linear else [inverse[0][0]]) + [QC_PICTURE]
             failure = _write_all(writers, staging, writing, first=first)
         if failure is not None:
@@ -278,7 +278,7 @@ def _write_all(
     or None; other errors propagate. No write is under way when it returns, unless it returns
     on an interruption and a write outlasted :data:`WRITE_STOP_SECONDS`.
 
-    The files are independent, so SimpleITK's compression and the inverse field (native code,
+    The files are independent, so their gzip (zlib) and the inverse field (native code,
     the GIL released) overlap each other and the QC picture. The
     threads are daemons: an interrupted run (Ctrl-C, SIGTERM in the main thread) waits at most
     :data:`WRITE_STOP_SECONDS` for the writes under way, stops starting new ones, and leaves; a
