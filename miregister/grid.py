@@ -249,6 +249,21 @@ class Grid:
         step = max(1, int(voxels) // plane)
         return [(lo, min(self.size[-1], lo + step)) for lo in range(0, self.size[-1], step)]
 
+    def slab_range(self, other: "Grid", tolerance: float = 1e-5) -> "tuple[int, int] | None":
+        """``(lo, hi)`` when ``other`` is this grid's :meth:`slab` ``(lo, hi)`` (the whole grid
+        included) within ``tolerance`` (mm, and voxels for the plane offset), else None."""
+        if other.ndim != self.ndim or other.size[:-1] != self.size[:-1]:
+            return None
+        if not (np.allclose(self.spacing, other.spacing, atol=tolerance)
+                and np.allclose(self.direction, other.direction, atol=tolerance)):
+            return None
+        index = self.physical_to_index_np(np.asarray(other.origin, dtype=np.float64))
+        lo = int(round(float(index[-1])))
+        if not (np.allclose(index[:-1], 0.0, atol=tolerance) and abs(index[-1] - lo) <= tolerance):
+            return None
+        hi = lo + other.size[-1]
+        return (lo, hi) if 0 <= lo and hi <= self.size[-1] else None
+
     def same_as(self, other: "Grid", tolerance: float = 1e-5) -> bool:
         """True when both grids have the same size and, within ``tolerance``, geometry."""
         return (

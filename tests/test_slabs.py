@@ -34,6 +34,35 @@ def test_slabs_are_the_planes_of_the_grid():
         grid.slab(5, grid.size[2] + 1)
 
 
+def test_slab_range_finds_exactly_the_slabs_of_the_grid():
+    grid = oblique_grid_3d()
+    planes = grid.size[-1]
+    assert grid.slab_range(grid) == (0, planes)
+    for lo, hi in [(0, 1), (3, 11), (planes - 2, planes)]:
+        assert grid.slab_range(grid.slab(lo, hi)) == (lo, hi)
+    half = grid.slab(3, 11)
+    shifted = Grid(half.size, half.spacing, tuple(half.index_to_physical_np(np.array([0.0, 0.0, 0.5]))), half.direction)
+    sideways = Grid(half.size, half.spacing, tuple(half.index_to_physical_np(np.array([1.0, 0.0, 0.0]))), half.direction)
+    finer = Grid(half.size, tuple(np.asarray(half.spacing) * 0.5), half.origin, half.direction)
+    narrower = Grid((half.size[0] - 1, *half.size[1:]), half.spacing, half.origin, half.direction)
+    beyond = Grid(half.size, half.spacing, tuple(grid.index_to_physical_np(np.array([0.0, 0.0, planes - 2.0]))), half.direction)
+    assert [grid.slab_range(g) for g in (shifted, sideways, finer, narrower, beyond)] == [None] * 5
+
+
+def test_displacement_field_on_its_own_slabs_is_the_stored_field():
+    from miregister.transforms import DisplacementField
+    from miregister.transforms.base import SpatialTransform
+
+    grid = oblique_grid_3d()
+    field = DisplacementField(grid, torch.randn(1, *grid.shape, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    for lo, hi in [(0, grid.size[-1]), (2, 9)]:
+        sub = grid.slab(lo, hi)
+        stored = field.displacement_field(sub, dtype=torch.float64)
+        assert torch.equal(stored, field.field[:, lo:hi])
+        interpolated = SpatialTransform.displacement_field(field, sub, dtype=torch.float64)  # T(x) - x at the points
+        torch.testing.assert_close(stored, interpolated, atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize("mode", ["linear", "bspline"])
 def test_dense_warp_in_slabs_is_the_whole_grid_warp(monkeypatch, mode):
     grid = oblique_grid_3d()

@@ -79,9 +79,12 @@ class DisplacementField(SpatialTransform):
             return DisplacementField(self.grid, invert_displacement(self.field, self.grid, iterations, tolerance))
 
     def displacement_field(self, grid: Grid, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Displacement ``(B, *grid.shape, D)`` in mm on ``grid``; the stored field if the grids agree."""
-        if grid.same_as(self.grid):
-            return self.field.to(dtype)
+        """Displacement ``(B, *grid.shape, D)`` in mm on ``grid``: the stored values where ``grid``
+        is this field's grid or one of its slabs (:meth:`Grid.slab`, as the file writers ask
+        for it), interpolated otherwise."""
+        planes = self.grid.slab_range(grid)
+        if planes is not None:
+            return self.field[:, planes[0]:planes[1]].to(dtype)
         return super().displacement_field(grid, dtype)
 
     def extra_repr(self) -> str:
