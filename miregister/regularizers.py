@@ -194,13 +194,16 @@ def _gradient_matrix(n: int, dtype: torch.dtype, device: torch.device | str | No
 def bspline_bending_energy(bspline: "BSpline", grid: Grid, dtype: torch.dtype = torch.float32) -> Tensor:
     """:func:`bending_energy` of a B-spline's displacement on ``grid``, without the field.
 
-    The same value as ``bending_energy(bspline.displacement_field(grid), grid)``: sampling the
-    spline on an axis-aligned grid is one matrix per axis, and the finite differences along an
-    axis are one more (:func:`_gradient_matrix`), so each index-space Hessian component is the
-    coefficients contracted with three small matrices. A deformable stage's regulariser
-    then costs 6 separable contractions per evaluation instead of the field, 9 finite-difference
-    passes and their ~300 elementwise operations forward and backward. Falls back to the field
-    where ``grid`` is not axis-aligned with the lattice.
+    The same value as ``bending_energy(bspline.displacement_field(grid), grid)``, computed as
+    the quadratic form it is in the coefficients ``c``: each index-space Hessian component on
+    ``grid`` is ``K c`` with ``K`` a Kronecker product of per-axis matrices (the spline sampled
+    on the grid's axis, :meth:`~miregister.transforms.BSpline.axis_matrices`, then finite
+    differences along it, :func:`_gradient_matrix`), so the energy is ``c . Q c`` with ``Q`` a
+    sum of Kronecker products of small per-axis Gram matrices (:func:`_bending_operator`).
+    An evaluation applies ``Q`` once on the lattice (a few small matrix products, no field on
+    ``grid``) and its gradient is ``2 Q c``, no backward graph: ~10x cheaper than
+    differentiating the sampled field's finite differences. Falls back to the field where
+    ``grid`` is not axis-aligned with the lattice.
 
     Parameters
     ----------
@@ -216,27 +219,90 @@ def bspline_bending_energy(bspline: "BSpline", grid: Grid, dtype: torch.dtype = 
     Tensor
         ``(B,)`` in mm^-2, differentiable with respect to the coefficients.
     """
+    operator = _bending_operator(bspline, grid, dtype)
+    if operator is None:
+        return bending_energy(bspline.displacement_field(grid, dtype=dtype), grid)
+    return _QuadraticForm.apply(bspline.coefficients.to(dtype), operator)
+
+
+class _QuadraticForm(torch.autograd.Function):
+    """``E_b = c_b . (Q c)_b`` per batch element for a symmetric linear ``Q`` (a callable):
+    the gradient is ``2 Q c``, kept from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, coefficients: Tensor, operator: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
+        applied = operator(coefficients)
+        ctx.save_for_backward(applied)
+        return (coefficients * applied).flatten(1).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102 (autograd protocol)
+        (applied,) = ctx.saved_tensors
+        return 2.0 * applied * grad.view(-1, *(1,) * (applied.dim() - 1)), None
+
+
+_BENDING_OPERATORS: dict[tuple, Callable[[Tensor], Tensor]] = {}
+
+
+def _bending_operator(bspline: "BSpline", grid: Grid, dtype: torch.dtype) -> Callable[[Tensor], Tensor] | None:
+    """``c -> Q c`` with ``c . Q c`` the mean over ``grid``'s voxels of the squared physical
+    Hessian (Frobenius, summed over the D components), or None off the lattice's axes.
+
+    With ``h_a = K_a c`` the index-space Hessian component ``a = (k, l)``, ``k <= l``, and
+    ``H_phys = A^-T H A^-1`` (``A`` the grid's index -> physical matrix), the energy is
+    ``sum_ab C[a, b] (K_a c) . (K_b c) / N``, so ``Q = sum_ab C[a, b] K_a^T K_b / N``, and
+    ``K_a^T K_b`` is the Kronecker product of the per-axis ``A_j^T B_j``. For an orthonormal
+    direction ``C`` is diagonal (the Frobenius norm ignores the rotation): 2D^2 small
+    products per application at most, D(D+1)/2 pairs here. Built once per lattice and grid
+    (the last few are kept).
+    """
     from .transforms.bspline import _apply_along_axes
 
+    lattice = bspline.lattice
+    key = (lattice.size, lattice.spacing, lattice.origin, lattice.direction, grid.size, grid.spacing, grid.origin,
+           grid.direction, dtype, bspline.coefficients.device)
+    if key in _BENDING_OPERATORS:
+        return _BENDING_OPERATORS[key]
     matrices = bspline.axis_matrices(grid, dtype=torch.float64)
     if matrices is None:
-        return bending_energy(bspline.displacement_field(grid, dtype=dtype), grid)
+        return None
     d = grid.ndim
     device = bspline.coefficients.device
-    first = [_gradient_matrix(m.shape[0], torch.float64, device) @ m for m in matrices]
-    second = [_gradient_matrix(m.shape[0], torch.float64, device) @ f for m, f in zip(matrices, first)]
-    coefficients = bspline.coefficients.to(dtype)
-    # Each component needs, per axis, the values (0), first (1) or second (2) differences;
-    # contracting the slowest axis first shares the partial products between components.
-    per_axis = [[m.to(dtype) for m in kind] for kind in zip(matrices, first, second)]  # [axis][order]
-    wanted = {(k, l): tuple(2 if k == l == j else int(j in (k, l)) for j in range(d)) for k in range(d) for l in range(k, d)}
-    partial: dict[tuple[int, ...], Tensor] = {(): coefficients}
-    for axis in reversed(range(d)):  # ITK axis d-1 (the slowest array axis) first
-        keys = {orders[axis:] for orders in wanted.values()}
-        partial = {key: _apply_along_axes(partial[key[1:]], [None] * axis + [per_axis[axis][key[0]]] + [None] * (d - 1 - axis))
-                   for key in keys}
-    hessian = {pair: partial[orders] for pair, orders in wanted.items()}  # (B, D, *shape)
-    return _bending_from_index_hessian(hessian, _inverse_index_matrix(grid, coefficients), channel_dim=1)
+    # per axis: the spline's values (order 0), first (1) and second (2) index differences on the grid
+    per_axis = []
+    for m in matrices:
+        g = _gradient_matrix(m.shape[0], torch.float64, device)
+        first = g @ m
+        per_axis.append([m, first, g @ first])
+    pairs = [(k, l) for k in range(d) for l in range(k, d)]
+    orders = {pair: tuple(2 if pair[0] == pair[1] == j else int(j in pair) for j in range(d)) for pair in pairs}
+    ainv = _inverse_index_matrix(grid, torch.empty(0, dtype=torch.float64)).cpu().numpy()
+    # W[(p, q)][a]: weight of h_a in H_phys[p, q] (both triangles of the symmetric H_idx)
+    mix = np.zeros((d, d, len(pairs)))
+    for a, (k, l) in enumerate(pairs):
+        mix[:, :, a] += np.outer(ainv[k], ainv[l])
+        if k != l:
+            mix[:, :, a] += np.outer(ainv[l], ainv[k])
+    coupling = np.einsum("pqa,pqb->ab", mix, mix) / grid.numel  # over all (p, q): the Frobenius norm
+    coupling[np.abs(coupling) < 1e-12 * np.abs(coupling).max()] = 0.0  # a rotation's round-off
+    terms = []  # (weight, per-axis Gram matrices A_j^T B_j) of each non-zero K_a^T K_b
+    for a, pa in enumerate(pairs):
+        for b, pb in enumerate(pairs):
+            if coupling[a, b] != 0.0:
+                grams = [(per_axis[j][orders[pa][j]].T @ per_axis[j][orders[pb][j]]).to(dtype) for j in range(d)]
+                terms.append((float(coupling[a, b]), grams))
+
+    def apply(coefficients: Tensor) -> Tensor:
+        total = None
+        for weight, grams in terms:
+            term = _apply_along_axes(coefficients, grams) * weight
+            total = term if total is None else total + term
+        return total
+
+    if len(_BENDING_OPERATORS) >= 4:
+        _BENDING_OPERATORS.clear()
+    _BENDING_OPERATORS[key] = apply
+    return apply
 
 
 def jacobian_statistics(u: Tensor, grid: Grid, mask: Tensor | None = None) -> dict[str, Tensor]:
