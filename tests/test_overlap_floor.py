@@ -43,7 +43,7 @@ def test_loss_refuses_transforms_below_the_floor_and_records_the_overlap(problem
     problem.overlap_floor = optimize.OVERLAP_KEEP * start_overlap
     try:
         refused = problem.loss(far)
-        assert float(refused) == 0.0 and problem.last_overlap == pytest.approx(float(overlap))
+        assert float(refused.detach()) == 0.0 and problem.last_overlap == pytest.approx(float(overlap))
         assert float(problem.loss(_shifted(0.0)).detach()) == pytest.approx(float(start))  # above the floor: unchanged
     finally:
         problem.overlap_floor = optimize.MIN_OVERLAP
