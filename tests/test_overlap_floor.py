@@ -33,7 +33,7 @@ def _shifted(mm: float, axis: int = 0) -> Translation:
 
 
 def test_loss_refuses_transforms_below_the_floor_and_records_the_overlap(problem):
-    start = problem.loss(_shifted(0.0))
+    start = problem.loss(_shifted(0.0)).detach()
     start_overlap = problem.last_overlap
     far = _shifted(150.0)  # most samples leave the moving image
     with torch.no_grad():
