@@ -252,9 +252,10 @@ def _bending_operator(bspline: "BSpline", grid: Grid, dtype: torch.dtype) -> Cal
     ``H_phys = A^-T H A^-1`` (``A`` the grid's index -> physical matrix), the energy is
     ``sum_ab C[a, b] (K_a c) . (K_b c) / N``, so ``Q = sum_ab C[a, b] K_a^T K_b / N``, and
     ``K_a^T K_b`` is the Kronecker product of the per-axis ``A_j^T B_j``. For an orthonormal
-    direction ``C`` is diagonal (the Frobenius norm ignores the rotation): 2D^2 small
-    products per application at most, D(D+1)/2 pairs here. Built once per lattice and grid
-    (the last few are kept).
+    direction ``C`` is diagonal (the Frobenius norm ignores the rotation), so ``Q`` is
+    D(D+1)/2 Kronecker terms (6 in 3D) of D small matrix products each; a non-orthonormal
+    direction gives up to (D(D+1)/2)^2 terms. Built once per lattice and grid (the last few
+    are kept).
     """
     from .transforms.bspline import _apply_along_axes
 
