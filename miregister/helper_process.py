@@ -1,8 +1,9 @@
 """The command line's helper process: draws the QC picture and answers neighbour searches.
 
 Why: a command-line run pays, once per process, for imports that its single-threaded
-optimisation cannot hide: matplotlib and the first figure (fonts) about 0.6 s, scipy.spatial
-(the KNN cross-check's k-d tree) about 0.3 s. On a machine with two or more CPUs,
+optimisation cannot hide: matplotlib and the first figure (fonts), and scipy.spatial (the KNN
+cross-check's k-d tree), each a visible share of a run's start-up (README's speed notes and
+benchmarks/RESULTS.md give the measurements). On a machine with two or more CPUs,
 ``miregister register`` starts a :class:`HelperProcess` before torch loads. It imports scipy
 and matplotlib and draws a warm-up figure on an otherwise idle CPU while the run imports torch
 and registers. A linear run sends it the QC picture's panels (a few 2-D arrays, ~1 MB) as soon
@@ -45,7 +46,8 @@ __all__ = ["HelperProcess", "HELPER_TIMEOUT_SECONDS"]
 
 #: Longest wait (s) for the helper's picture before drawing it in the run's own process.
 HELPER_TIMEOUT_SECONDS = 60.0
-#: Longest wait (s) for a neighbour search the helper has accepted (it takes ~20 ms for 20 k samples).
+#: Longest wait (s) for a neighbour search the helper has accepted (far above a search of the
+#: validation's samples, which is quick; a helper this slow is treated as failed).
 NEIGHBOUR_TIMEOUT_SECONDS = 10.0
 _HEADER = struct.Struct("<Q")
 _END = object()  # the reader's mark: the helper's output ended
@@ -117,7 +119,7 @@ def _serve(draw: bool, neighbours: bool) -> None:
     """The helper process: warm up, answer ``ready``, then answer requests until a drawing is
     done or the input ends (``prepare`` has no answer: ``finish`` reports its outcome). The
     caller ends the process with ``os._exit`` after this returns: the run waits for the
-    answer, and the interpreter's teardown of matplotlib would add ~0.1 s to a run that
+    answer, and the interpreter's teardown of matplotlib would add its time to a run that
     waits for the process to end."""
     out, requests = sys.stdout.buffer, sys.stdin.buffer
     if neighbours:

@@ -257,9 +257,10 @@ def write_sitk_image(image: sitk.Image, path: PathLike) -> None:
 
     ``.nii.gz`` is written by ITK as an uncompressed NIfTI file beside ``path`` and then
     gzipped here, with zlib's run-length strategy (``Z_RLE``): a standard gzip file that every
-    NIfTI reader takes, 3-8x faster than ITK's own deflate (which ignores a compression level)
-    and as small on images and displacement fields (within ~1 %; masks and label maps ~10-30 %
-    larger). zlib runs without the GIL, so the files of a run compress on several threads.
+    NIfTI reader takes, several times faster than ITK's own deflate (which ignores a
+    compression level), about as small on images and displacement fields and somewhat larger on
+    masks and label maps (benchmarks/RESULTS.md, speed notes). zlib runs without the GIL, so
+    the files of a run compress on several threads.
 
     Raises
     ------

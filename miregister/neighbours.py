@@ -4,9 +4,9 @@ The search is scipy's ``cKDTree`` (exact, O(N log N), all cores). This module im
 only, and scipy when it searches, never torch: the command line's helper process
 (:mod:`miregister.helper_process`) answers the same search with the same code.
 
-Why a delegate: importing ``scipy.spatial`` costs about 0.3 s (it imports ``scipy.sparse``,
-which imports ``numpy.testing`` and ``numpy.f2py``), more than ten times the search itself for
-the validation's 20 k samples, and a command-line run would pay it in every process. Inside
+Why a delegate: importing ``scipy.spatial`` (it imports ``scipy.sparse``, which imports
+``numpy.testing`` and ``numpy.f2py``) costs far more than the search itself for the
+validation's 20 k samples, and a command-line run would pay it in every process. Inside
 :func:`delegated_to`, :func:`kth_neighbour_distance` asks the given delegate first (the helper
 process, which imported scipy while the registration ran); a delegate that answers None
 (unavailable, failed) leaves the search to this process.

@@ -248,7 +248,7 @@ def write_run(
         writing = 1 if result.fixed.grid.numel > PARALLEL_WRITE_VOXELS else min(WRITE_THREADS, cpus or WRITE_THREADS)
         with contextlib.nullcontext() if cpus is None else torch_threads(cpus):
             # The longest chain starts first: a deformable inverse (computed by the first of its
-            # writers, ~0.8 s at 2 mm) and the QC picture (waiting for its helper, or drawn here).
+            # writers, the longest write) and the QC picture (waiting for its helper, or drawn here).
             first = ([] if linear else [inverse[0][0]]) + [QC_PICTURE]
             failure = _write_all(writers, staging, writing, first=first)
         if failure is not None:

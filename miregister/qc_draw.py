@@ -5,7 +5,7 @@ import it in well under a second. :func:`miregister.registration.qc.qc_panels` c
 the picture shows (planes, checkerboards, histograms; torch), :func:`qc_figure_from_panels`
 draws it.
 
-Importing matplotlib and drawing the first figure (font loading) costs about 0.6 s; the
+Importing matplotlib and drawing the first figure (font loading) is slow; the
 command line's helper process (:mod:`miregister.helper_process`) pays it with :func:`warm_up`
 while the run registers, and then draws the picture with :func:`save_panels`, the same code
 (and pixels) as drawing it in the run's own process.

@@ -201,7 +201,7 @@ def bspline_bending_energy(bspline: "BSpline", grid: Grid, dtype: torch.dtype = 
     differences along it, :func:`_gradient_matrix`), so the energy is ``c . Q c`` with ``Q`` a
     sum of Kronecker products of small per-axis Gram matrices (:func:`_bending_operator`).
     An evaluation applies ``Q`` once on the lattice (a few small matrix products, no field on
-    ``grid``) and its gradient is ``2 Q c``, no backward graph: ~10x cheaper than
+    ``grid``) and its gradient is ``2 Q c``, no backward graph: much cheaper than
     differentiating the sampled field's finite differences. Falls back to the field where
     ``grid`` is not axis-aligned with the lattice.
 

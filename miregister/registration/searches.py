@@ -75,7 +75,7 @@ def _orientation_candidates(ndim: int) -> list[np.ndarray]:
     for axis in range(3):
         for sign in (1.0, -1.0):
             # about coordinate axis ``axis``: the 2-D rotation in the plane of the other two
-            # (right-handed order), written out rather than importing scipy.spatial (~0.3 s)
+            # (right-handed order), written out rather than importing scipy.spatial (slow to import)
             i, j = (axis + 1) % 3, (axis + 2) % 3
             r = np.eye(3)
             r[i, i] = r[j, j] = c

@@ -433,10 +433,10 @@ def _mosaic(coefficients: Tensor) -> tuple[Tensor, Tensor]:
 
     A 3D lattice's z-slices are laid side by side in a near-square mosaic of tiles, so that
     :meth:`BSpline.forward` evaluates the spline with 2D bilinear lookups (16 per point, the
-    four z-taps picking tiles) where 3D trilinear ones (8 per point) would cost twice as much
-    on the CPU (torch vectorises only the 2D sampler). A near-square mosaic keeps the lookup
-    coordinates small: a float32 coordinate of a tall strip of all slices loses ~10x more of
-    the lattice index. A 2D lattice is its own mosaic, offset ``-1``.
+    four z-taps picking tiles) where 3D trilinear ones (8 per point) cost more on the CPU
+    (torch vectorises only the 2D sampler). A near-square mosaic keeps the lookup coordinates
+    small: a float32 coordinate of a tall strip of all slices loses an order of magnitude more
+    of the lattice index. A 2D lattice is its own mosaic, offset ``-1``.
     """
     if coefficients.dim() == 4:
         return coefficients, torch.full((1, 2), -1.0, dtype=coefficients.dtype, device=coefficients.device)

@@ -115,7 +115,7 @@ def _rotation_vectors(m: np.ndarray) -> np.ndarray:
 
     Through the unit quaternion, as scipy's ``Rotation.from_matrix(m).as_rotvec()`` (Markley's
     choice of the largest of the trace and the diagonal, which keeps angles near pi exact),
-    written out because importing scipy.spatial costs ~0.3 s of a command-line run."""
+    written out because importing scipy.spatial is a visible share of a command-line run."""
     trace = np.einsum("bii->b", m)
     decision = np.concatenate([np.einsum("bii->bi", m), trace[:, None]], axis=1)
     choice = decision.argmax(axis=1)
